@@ -1,0 +1,1 @@
+"""Orbax/Tensorstore persistence (installed as ntkbench.checkpoints)."""

@@ -1,0 +1,1 @@
+"""NTK kernels (installed as ntkbench.kernels)."""

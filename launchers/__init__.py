@@ -1,0 +1,1 @@
+"""Launchers and the command line (installed as ntkbench.launchers)."""
