@@ -1,0 +1,218 @@
+"""The `ntkbench` command line.
+
+    ntkbench run --config=quick --workdir=runs/quick [--config.FIELD=VALUE ...]
+    ntkbench status --workdir=runs/quick
+    ntkbench report --workdir=runs/quick
+    ntkbench profile [--widths=64,256,1024] [--methods=jacobian,implicit,structured]
+    ntkbench presets
+
+`--config` takes a preset name (`ntkbench presets` lists them) or a Python file with a
+`get_config()` that returns an `ml_collections.ConfigDict`; any field can be overridden with
+`--config.FIELD=VALUE` (the big_vision convention). Bad input exits with status 2 and one line on
+stderr, before anything is compiled or written. Only this module (and the other launchers) parses
+flags, sets JAX options and touches `jax.distributed`; the library receives a frozen
+`SweepConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from absl import flags, logging
+
+EXIT_USAGE = 2
+COMMANDS = ("run", "status", "report", "profile", "presets")
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"ntkbench: error: {message}", file=sys.stderr)
+    return code
+
+
+def _config_arg(argv: Sequence[str]) -> str:
+    value = "quick"
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            value = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _parse(argv: list[str], define) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    try:
+        define(fv)
+        fv(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, (AttributeError, KeyError)):
+            msg = (f"unknown config field {msg.strip(chr(34)).strip(chr(39))}; "
+                   "`ntkbench presets` lists the fields")
+        raise UsageError(msg) from None
+    return fv
+
+
+def _load_config(argv: list[str]):
+    from ml_collections import config_flags
+
+    from ntkbench import config as cfg_mod
+
+    name = _config_arg(argv)
+    is_file = name.endswith(".py") or os.path.sep in name
+    if not is_file:  # a preset: the ConfigDict flag itself takes no value, only overrides
+        argv = [a for i, a in enumerate(argv)
+                if not a.startswith("--config=") and a != "--config"
+                and not (i > 0 and argv[i - 1] == "--config")]
+
+    def define(fv):
+        if is_file:
+            if not os.path.exists(name.split(":")[0]):
+                raise UsageError(f"config file {name!r} not found; pass a preset name "
+                                 f"({', '.join(cfg_mod.PRESETS)}) or an existing .py file.")
+            config_flags.DEFINE_config_file("config", name, flag_values=fv, sys_argv=argv)
+        else:
+            try:
+                cd = cfg_mod.get_config(name)
+            except cfg_mod.ConfigError as e:
+                raise UsageError(str(e)) from None
+            config_flags.DEFINE_config_dict("config", cd, flag_values=fv, sys_argv=argv)
+        flags.DEFINE_string("workdir", None, "Directory for the manifest, checkpoints and results.", flag_values=fv)
+
+    fv = _parse(argv, define)
+    try:
+        config = cfg_mod.from_config_dict(fv.config)
+    except cfg_mod.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if not fv.workdir:
+        raise UsageError("--workdir is required, e.g. --workdir=runs/quick.")
+    return config, fv.workdir
+
+
+def cmd_run(argv: list[str]) -> int:
+    config, workdir = _load_config(argv)
+    from ntkbench import _sweep, results
+    from ntkbench._datasets import DatasetError
+    from ntkbench._results import ResultsError
+
+    try:
+        from ntkbench import recording
+        make_record = recording.make_record
+    except ImportError:  # the NTK record step is optional while it is being built
+        make_record = None
+    try:
+        outcome = _sweep.run_sweep(config, workdir, log=logging.info, make_record=make_record)
+    except (DatasetError, _sweep.WorkdirError, ResultsError) as e:
+        return _fail(str(e).splitlines()[0])
+    except _sweep.ConfigError as e:
+        return _fail(str(e))
+    ds = results.load(workdir, summaries=False)
+    print(_sweep.summary_table(ds))
+    print(f"{outcome.member_epochs:,} member-epochs in {outcome.seconds:.1f}s "
+          f"({outcome.member_epochs / max(outcome.seconds, 1e-9):,.0f}/s); padding efficiency "
+          f"{outcome.plan.efficiency:.1%}; results in {os.path.join(workdir, 'results')} "
+          "(ntkbench.results.load)")
+    return 0
+
+
+def cmd_status(argv: list[str]) -> int:
+    fv = _parse(argv, lambda fv: flags.DEFINE_string("workdir", None, "Sweep directory.", flag_values=fv))
+    if not fv.workdir:
+        raise UsageError("--workdir is required.")
+    from ntkbench import _sweep
+
+    manifest = _sweep.read_manifest(fv.workdir)
+    if manifest is None:
+        return _fail(f"{fv.workdir!r} holds no ntkbench sweep.")
+    epochs = manifest["config"]["epochs"]
+    for p in manifest["packs"]:
+        print(f"pack {p['pack_id']}: {p['status']:8s} {len(p['members'])} members, width<= "
+              f"{p['padded_width']}, epochs {p.get('epochs_done', 0)}/{epochs}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    fv = _parse(argv, lambda fv: (flags.DEFINE_string("workdir", None, "Sweep directory.", flag_values=fv),
+                                  flags.DEFINE_string("out", None, "Output dir (default WORKDIR/report).", flag_values=fv)))
+    if not fv.workdir:
+        raise UsageError("--workdir is required.")
+    from ntkbench import report, results
+
+    try:
+        ds = results.load(fv.workdir)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    out = fv.out or os.path.join(fv.workdir, "report")
+    paths = report.write_report(ds, out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_profile(argv: list[str]) -> int:
+    def define(fv):
+        flags.DEFINE_list("widths", ["64", "256", "1024"], "MLP widths to profile.", flag_values=fv)
+        flags.DEFINE_list("methods", ["jacobian", "implicit", "structured"], "NTK methods.", flag_values=fv)
+        flags.DEFINE_integer("n", 128, "Samples in the NTK.", flag_values=fv)
+        flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).", flag_values=fv)
+        flags.DEFINE_integer("pack_size", 20, "Members in the pack timing.", flag_values=fv)
+        flags.DEFINE_bool("compare_neural_tangents", False, "Also time neural-tangents if installed.", flag_values=fv)
+        flags.DEFINE_integer("seed", 0, "PRNG seed.", flag_values=fv)
+
+    fv = _parse(argv, define)
+    import jax
+
+    from ntkbench import profiling
+
+    try:
+        widths = tuple(int(w) for w in fv.widths)
+    except ValueError:
+        raise UsageError(f"--widths={','.join(fv.widths)} must be integers, e.g. --widths=64,256.") from None
+    rows = profiling.run_profile(widths=widths, methods=tuple(fv.methods), n=fv.n,
+                                 repeats=fv.repeats, pack_size=fv.pack_size,
+                                 compare_neural_tangents=fv.compare_neural_tangents,
+                                 key=jax.random.key(fv.seed))
+    print(profiling.format_table(rows))
+    return 0
+
+
+def cmd_presets(argv: list[str]) -> int:
+    from ntkbench import config as cfg_mod
+
+    for name, fn in cfg_mod.PRESETS.items():
+        print(f"{name:22s} {fn.__doc__.splitlines()[0]}")
+    print("\nfields (defaults of a custom config):")
+    for k, v in cfg_mod.SweepConfig().to_dict().items():
+        print(f"  {k} = {v!r}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        given = argv[1] if len(argv) > 1 else ""
+        return _fail(f"unknown command {given!r}; use one of: {', '.join(COMMANDS)} "
+                     "(e.g. `ntkbench run --config=quick --workdir=runs/quick`).")
+    command, rest = argv[1], [f"ntkbench {argv[1]}"] + argv[2:]
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    try:
+        return {"run": cmd_run, "status": cmd_status, "report": cmd_report,
+                "profile": cmd_profile, "presets": cmd_presets}[command](rest)
+    except UsageError as e:
+        return _fail(str(e))
+
+
+def run_main() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_main()

@@ -1,0 +1,215 @@
+"""The results store: a zarr v3 group written with Tensorstore, read as an `xarray.Dataset`.
+
+Layout of `WORKDIR/results/` (a zarr v3 group that `xr.open_zarr(..., zarr_format=3)` opens):
+- one coordinate array per sweep axis (`depth`, `width`, `n_train`, `noise`, `data_draw`, `seed`)
+  and `epoch` (record index `k = 0..E`, 0 = initialization);
+- per-record variables over `(*axes, epoch)`, float32, NaN where not (yet) recorded:
+  `train_loss`, `test_loss`, `train_accuracy`, `test_accuracy` and the NTK quantities;
+- `ntk_snapshot` over `(*axes, snapshot, row, col)` with `snapshot` in (init, best, final), the
+  matrix-form NTK (SPEC.md §1) at initialization, at the best test loss among NTK records, and at
+  the end;
+- per-member `diverged` (uint8) and `epochs_done` (int32, -1 = nothing committed).
+
+Crash safety: `epochs_done` of a member is written only after all of its records up to that epoch
+have been written, and `load` masks every record past it, so a crash never exposes a half-written
+epoch as data. A rewrite of an already committed record (after a resume) must reproduce the same
+bits, or the write is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorstore as ts
+
+from ntkbench._config import AXES, SweepConfig
+
+PER_RECORD = (
+    "train_loss", "test_loss", "train_accuracy", "test_accuracy",
+    "ntk_trace", "ntk_entropy", "ntk_erank", "label_alignment", "label_alignment_traced",
+    "eigvec_misalignment",
+)
+SNAPSHOTS = ("init", "best", "final")
+
+
+class ResultsError(RuntimeError):
+    """The results store is inconsistent with what is being written."""
+
+
+def _spec(path: str, shape, dims, dtype: str, fill, chunks) -> dict:
+    return {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": path},
+        "metadata": {
+            "shape": list(shape),
+            "data_type": dtype,
+            "dimension_names": list(dims),
+            "fill_value": fill,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": 3}}],
+        },
+    }
+
+
+class ResultsStore:
+    """Creates or opens the results group of a sweep.
+
+    Args:
+        root: the `results` directory.
+        config: the sweep (defines the grid and the number of records).
+        snapshot_size: `M = n_test * num_classes` of the NTK snapshots, or 0 for none.
+    """
+
+    def __init__(self, root: str, config: SweepConfig, snapshot_size: int = 0):
+        self.root = root
+        self.config = config
+        self.grid = config.grid_shape
+        self.num_records = config.num_records
+        os.makedirs(root, exist_ok=True)
+        group = os.path.join(root, "zarr.json")
+        if not os.path.exists(group):
+            _atomic_json(group, {"zarr_format": 3, "node_type": "group",
+                                 "attributes": {"ntkbench_fingerprint": config.fingerprint()}})
+        ones = (1,) * len(AXES)
+        dims = AXES + ("epoch",)
+        self.arrays: dict[str, ts.TensorStore] = {}
+        for name in PER_RECORD:
+            self.arrays[name] = self._open(name, self.grid + (self.num_records,), dims, "float32",
+                                           float("nan"), ones + (self.num_records,))
+        self.arrays["diverged"] = self._open("diverged", self.grid, AXES, "uint8", 0, ones)
+        self.arrays["epochs_done"] = self._open("epochs_done", self.grid, AXES, "int32", -1, ones)
+        if snapshot_size:
+            m = snapshot_size
+            self.arrays["ntk_snapshot"] = self._open(
+                "ntk_snapshot", self.grid + (len(SNAPSHOTS), m, m), AXES + ("snapshot", "row", "col"),
+                "float32", float("nan"), ones + (1, m, m))
+        self._write_coords(snapshot_size)
+
+    def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
+        spec = _spec(os.path.join(self.root, name), shape, dims, dtype, fill, chunks)
+        return ts.open(spec, create=True, open=True).result()
+
+    def _write_coords(self, snapshot_size: int) -> None:
+        coords = {a: np.asarray(v) for a, v in self.config.axis_values().items()}
+        coords["epoch"] = np.arange(self.num_records)
+        if snapshot_size:
+            # `snapshot` has no coordinate array (zarr v3 via Tensorstore stores no strings):
+            # its index order is SNAPSHOTS = (init, best, final).
+            coords["row"] = np.arange(snapshot_size)
+            coords["col"] = np.arange(snapshot_size)
+        for name, values in coords.items():
+            path = os.path.join(self.root, name)
+            if os.path.exists(os.path.join(path, "zarr.json")):
+                continue
+            if values.dtype.kind == "f":
+                dtype, fill = "float64", 0.0
+            else:
+                dtype, fill = "int64", 0
+                values = values.astype(np.int64)
+            arr = ts.open(_spec(path, values.shape, (name,), dtype, fill, values.shape),
+                          create=True, open=True).result()
+            arr.write(values).result()
+
+    # ------------------------------------------------------------------ writing
+    def epochs_done(self, index: tuple[int, ...]) -> int:
+        return int(self.arrays["epochs_done"][index].read().result())
+
+    def write_records(self, member_indices: Sequence[tuple[int, ...]], start: int,
+                      values: Mapping[str, np.ndarray], *, verify: bool = True) -> None:
+        """Write records `start .. start + T - 1` of the given members.
+
+        Args:
+            member_indices: grid index of each member, in pack order (length m).
+            start: first record index.
+            values: name -> array `(T, m)`.
+            verify: refuse (ResultsError) to change a record that is already committed.
+        """
+        futures = []
+        for name, arr in values.items():
+            arr = np.asarray(arr, np.float32)
+            t = arr.shape[0]
+            for j, index in enumerate(member_indices):
+                target = self.arrays[name][index + (slice(start, start + t),)]
+                if verify:
+                    done = self.epochs_done(index)
+                    if done >= start:
+                        n = min(done - start + 1, t)
+                        old = target[:n].read().result()
+                        if not np.array_equal(old, arr[:n, j], equal_nan=True):
+                            raise ResultsError(
+                                f"Refusing to overwrite committed records {start}..{start + n - 1} "
+                                f"of {name} at {index} with different values; the run is not "
+                                "reproducing its earlier results (different machine or device "
+                                "count?). Start a fresh workdir.")
+                futures.append(target.write(arr[:, j]))
+        for f in futures:
+            f.result()
+
+    def write_snapshot(self, member_indices, which: str, matrices: np.ndarray) -> None:
+        k = SNAPSHOTS.index(which)
+        futures = [self.arrays["ntk_snapshot"][index + (k,)].write(np.asarray(matrices[j], np.float32))
+                   for j, index in enumerate(member_indices)]
+        for f in futures:
+            f.result()
+
+    def commit(self, member_indices, epochs_done: int, diverged: np.ndarray | None = None) -> None:
+        """Mark records `0..epochs_done` of these members as complete (after their writes)."""
+        futures = []
+        for j, index in enumerate(member_indices):
+            if diverged is not None:
+                futures.append(self.arrays["diverged"][index].write(np.uint8(bool(diverged[j]))))
+        for f in futures:
+            f.result()
+        futures = [self.arrays["epochs_done"][index].write(np.int32(epochs_done))
+                   for index in member_indices]
+        for f in futures:
+            f.result()
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
+    """The results of a sweep as an `xarray.Dataset`.
+
+    Dimensions: one per sweep axis (`depth`, `width`, `n_train`, `noise`, `data_draw`, `seed`)
+    and `epoch`. Records past a member's committed epoch read NaN. With `summaries`, the per-member
+    summaries of SPEC.md §5-7 (`T0`, `k_star`, `T_star`, `trace_ratio`, `erank_star`,
+    `alpha_star`, ...) are added (see `ntkbench.analysis.summarize`).
+
+    Example:
+        >>> ds = ntkbench.results.load("runs/quick")  # doctest: +SKIP
+        >>> ds.test_loss.sel(epoch=ds.epoch[-1]).mean("seed")  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    root = os.path.join(workdir, "results")
+    if not os.path.exists(os.path.join(root, "zarr.json")):
+        raise FileNotFoundError(f"No results in {workdir!r}; run `ntkbench run --workdir={workdir}` first.")
+    ds = xr.open_zarr(root, consolidated=False, zarr_format=3)
+    if not snapshots and "ntk_snapshot" in ds:
+        ds = ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore")
+    ds = ds.load()
+    done = ds["epochs_done"]
+    mask = ds["epoch"] <= done
+    for name in PER_RECORD:
+        if name in ds:
+            ds[name] = ds[name].where(mask)
+    ds["diverged"] = ds["diverged"].astype(bool)
+    if summaries:
+        try:
+            from ntkbench import analysis
+        except ImportError:  # pragma: no cover - analysis is part of the package
+            return ds
+        ds = analysis.summarize(ds)
+    return ds
