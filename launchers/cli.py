@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"unknown command {given!r}; use one of: {', '.join(COMMANDS)} "
                      "(e.g. `ntkbench run --config=quick --workdir=runs/quick`).")
     command, rest = argv[1], [f"ntkbench {argv[1]}"] + argv[2:]
+    if not flags.FLAGS.is_parsed():  # absl logging reads its own flags; we parse ours per command
+        flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     try:

@@ -121,7 +121,7 @@ def member_keys(config: SweepConfig, m: Member) -> dict[str, jax.Array]:
     }
 
 
-def test_key(config: SweepConfig) -> jax.Array:
+def test_set_key(config: SweepConfig) -> jax.Array:
     """The key of the fixed NTK/test-set draw shared by all members."""
     return _fold(jax.random.key(config.seed), _TEST_TAG)
 

@@ -161,9 +161,9 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
     )
 
 
-def test_indices(config: SweepConfig, data: Dataset) -> np.ndarray:
+def ntk_test_indices(config: SweepConfig, data: Dataset) -> np.ndarray:
     """The fixed NTK/test set: `n_test` test samples drawn once from the sweep seed."""
-    return np.asarray(draw_indices(ens.test_key(config), jnp.asarray(data.y_test), config.n_test))
+    return np.asarray(draw_indices(ens.test_set_key(config), jnp.asarray(data.y_test), config.n_test))
 
 
 # ----------------------------------------------------------------------------- running
@@ -215,7 +215,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             + plan.describe())
         snap = config.n_test * out_size if (config.ntk_every and config.ntk_snapshots) else 0
         store = ResultsStore(os.path.join(workdir, "results"), config, snapshot_size=snap)
-        test_idx = test_indices(config, data)
+        test_idx = ntk_test_indices(config, data)
         record_fn = record_init = None
         if make_record is not None and config.ntk_every > 0:
             record_fn, record_init = make_record(config, out_size)

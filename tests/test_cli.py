@@ -1,0 +1,79 @@
+"""Command line: bad input fails fast with one line and exit 2, and never touches the workdir."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ntkbench import _sweep
+from ntkbench.launchers.cli import main
+
+
+def _run(capsys, *args):
+    code = main(["ntkbench", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--config=nope"], "Unknown preset"),
+    (["run", "--config=smoke", "--config.lr=abc"], "could not convert"),
+    (["run", "--config=smoke", "--config.widths=(0,4)"], "positive"),
+    (["run", "--config=smoke", "--config.num_seeds=0"], "num_seeds"),
+    (["run", "--config=smoke", "--config.epochs=-3"], "epochs"),
+    (["run", "--config=smoke", "--config.foo=1"], "unknown config field foo"),
+    (["run", "--config=smoke", "--config.n_train=(5000,)"], "n_train=5000"),
+    (["run", "--config=smoke", "--config.dataset=imagenet"], "dataset"),
+    (["run", "--config=smoke", "--config.dataset=mnist", "--config.data_dir=/nonexistent"], "NTKBENCH_DATA"),
+    (["frobnicate"], "unknown command"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
+    workdir = tmp_path / "w"
+    code, err = _run(capsys, *args, f"--workdir={workdir}")
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not workdir.exists() or os.listdir(workdir) == []
+
+
+def test_missing_workdir(capsys):
+    code, err = _run(capsys, "run", "--config=smoke")
+    assert code == 2 and "--workdir" in err[0]
+
+
+def test_existing_workdir_with_other_sweep_is_refused(tmp_path, capsys):
+    w = str(tmp_path / "w")
+    assert main(["ntkbench", "run", "--config=smoke", f"--workdir={w}", "--config.epochs=2",
+                 "--config.ntk_every=0"]) == 0
+    before = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, fs in os.walk(w) for p in fs}
+    code, err = _run(capsys, "run", "--config=smoke", f"--workdir={w}", "--config.epochs=3",
+                     "--config.ntk_every=0")
+    assert code == 2 and "different sweep" in err[0] and "epochs: 2 -> 3" in err[0]
+    after = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, fs in os.walk(w) for p in fs}
+    assert before == after
+    # The same config resumes: every pack is done, nothing is retrained.
+    t = time.perf_counter()
+    assert main(["ntkbench", "run", "--config=smoke", f"--workdir={w}", "--config.epochs=2",
+                 "--config.ntk_every=0"]) == 0
+    assert time.perf_counter() - t < 30
+
+
+def test_foreign_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("precious")
+    code, err = _run(capsys, "run", "--config=smoke", f"--workdir={tmp_path}")
+    assert code == 2 and "not empty" in err[0]
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_second_process_is_refused(tmp_path, capsys):
+    w = str(tmp_path / "w")
+    with _sweep.workdir_lock(w):
+        code, err = _run(capsys, "run", "--config=smoke", f"--workdir={w}")
+    assert code == 2 and "Another ntkbench process" in err[0]
+
+
+def test_console_script_presets():
+    out = subprocess.run([sys.executable, "-m", "ntkbench.launchers.cli", "presets"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "quick" in out and "paper_model_scaling" in out

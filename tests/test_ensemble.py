@@ -1,0 +1,80 @@
+"""Planner and member determinism."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from ntkbench import config as cfg
+from ntkbench import ensemble, results, sweep
+
+
+def _config(**kw):
+    return cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), **kw})
+
+
+def test_members_are_the_product_of_axes():
+    c = _config(widths=(4, 8, 16), num_seeds=3, depth=(2, 3), n_train=(8, 16))
+    ms = ensemble.members(c)
+    assert len(ms) == 3 * 3 * 2 * 2 == c.num_members
+    assert len({m.index for m in ms}) == len(ms)
+
+
+def test_wide_sweep_is_not_one_pack():
+    c = _config(widths=(8, 16, 32, 64, 128, 256, 512, 1024), num_seeds=20, n_train=(100,))
+    p = ensemble.plan(c, 784, 10)
+    assert len(p.packs) > 1
+    assert p.efficiency >= c.min_pack_efficiency
+    assert p.num_programs <= c.max_packs_per_group
+    assert sum(pk.num_members for pk in p.packs) == 160
+    one = ensemble.plan(dataclasses.replace(c, max_packs_per_group=1), 784, 10)
+    # One group: everything padded to 1024 (split only by the memory bound).
+    assert {pk.padded_width for pk in one.packs} == {1024} and one.efficiency < 0.35
+    assert p.efficiency > 2 * one.efficiency
+
+
+def test_memory_bound_splits_packs():
+    c = _config(widths=(1024,), num_seeds=20, n_train=(100,), pack_memory_mb=64)
+    p = ensemble.plan(c, 784, 10)
+    assert len(p.packs) > 1 and p.num_programs <= 2
+    assert all(ensemble_bytes(c, pk) <= 64 * 2**20 for pk in p.packs)
+
+
+def ensemble_bytes(c, pk):
+    from ntkbench._ensemble import member_bytes
+    return pk.num_members * member_bytes(c, 784, 10, pk.padded_width, pk.depth, pk.padded_n_train)
+
+
+def test_keys_depend_only_on_member_coordinates():
+    a = _config(widths=(4, 8), num_seeds=2)
+    b = _config(widths=(8, 32, 64), num_seeds=5, seed=a.seed)
+    ma = {(m.width, m.seed): m for m in ensemble.members(a)}
+    mb = {(m.width, m.seed): m for m in ensemble.members(b)}
+    for k in set(ma) & set(mb):
+        ka, kb = ensemble.member_keys(a, ma[k]), ensemble.member_keys(b, mb[k])
+        for name in ka:
+            np.testing.assert_array_equal(jax.random.key_data(ka[name]), jax.random.key_data(kb[name]))
+
+
+@pytest.mark.slow
+def test_same_member_same_numbers_in_different_plans(tmp_path):
+    """Width 16 trains in its own pack in one plan and beside width 12 (and twice as many
+    members) in the other: same padded width, so the numbers are bit-identical. Width 12 is
+    padded to 12 in one plan and 16 in the other: equal up to float reassociation of the
+    padded zeros inside the matmuls."""
+    common = dict(widths=(12, 16), epochs=12, chunk_epochs=6, ntk_every=0)
+    sep = _config(**common, min_pack_efficiency=1.0)
+    joint = _config(**common, min_pack_efficiency=0.01, max_packs_per_group=1)
+    assert len(ensemble.plan(sep, 64, 10).packs) == 2
+    assert len(ensemble.plan(joint, 64, 10).packs) == 1
+    sweep.run_sweep(sep, str(tmp_path / "a"), log=lambda s: None)
+    sweep.run_sweep(joint, str(tmp_path / "b"), log=lambda s: None)
+    a = results.load(str(tmp_path / "a"), summaries=False)
+    b = results.load(str(tmp_path / "b"), summaries=False)
+    for v in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        np.testing.assert_array_equal(a[v].sel(width=16).values, b[v].sel(width=16).values)
+        np.testing.assert_allclose(a[v].sel(width=12).values, b[v].sel(width=12).values,
+                                   rtol=2e-5, atol=1e-6)
+        np.testing.assert_array_equal(a[v].sel(width=12, epoch=0).values,
+                                      b[v].sel(width=12, epoch=0).values)

@@ -1,0 +1,87 @@
+"""Pack training: recording convention (SPEC.md §4), divergence isolation, optimizers, losses."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ntkbench import config as cfg
+from ntkbench import ensemble
+from ntkbench._datasets import synthetic_dataset
+from ntkbench._sweep import build_data, build_models, ntk_test_indices
+from ntkbench._training import PackProgram, per_sample_loss
+from ntkbench.models import member
+
+
+def _setup(**kw):
+    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "ntk_every": 0, **kw})
+    data = synthetic_dataset(200, 100)
+    pack = ensemble.plan(c, data.input_size, data.num_classes).packs[-1]
+    model = build_models(c, pack, data.input_size, data.input_shape, data.num_classes)
+    pdata = build_data(c, pack, data, ntk_test_indices(c, data))
+    return c, pack, model, pdata
+
+
+def _loss_of(c, model, x, y):
+    return float(jnp.mean(per_sample_loss(c.loss, jax.vmap(model)(x), y)))
+
+
+@pytest.mark.parametrize("optimizer,batch", [("adam", 0), ("sgd", 8)])
+def test_records_follow_spec(optimizer, batch):
+    c, pack, model, pdata = _setup(optimizer=optimizer, batch_size=batch, lr=1e-2, epochs=6)
+    prog = PackProgram(c)
+    state = prog.init_state(model)
+    state, out = prog.train_chunk(pdata, state, 4)
+    assert out["train_loss"].shape == (4, pack.num_members)
+    # Record 0 is the initialization.
+    x0 = pdata.x[pdata.idx[0]]
+    y0 = pdata.y[pdata.idx[0]]
+    np.testing.assert_allclose(out["train_loss"][0, 0], _loss_of(c, member(model, 0), x0, y0), rtol=1e-5)
+    np.testing.assert_allclose(out["test_loss"][0, 0],
+                               _loss_of(c, member(model, 0), pdata.x_test, pdata.y_test), rtol=1e-5)
+    # The final state is recorded by evaluate, and equals the loss of the trained parameters.
+    final, state2 = prog.evaluate(pdata, state)
+    np.testing.assert_allclose(final["train_loss"][0], _loss_of(c, member(state.model, 0), x0, y0), rtol=1e-5)
+    assert int(state.epoch) == 4
+    assert np.all(np.diff(out["train_loss"], axis=0)[1:].mean(axis=1) < 0)  # it learns
+
+
+def test_full_batch_adam_matches_a_plain_optax_loop():
+    c, pack, model, pdata = _setup(lr=3e-3)
+    prog = PackProgram(c)
+    state, out = prog.train_chunk(pdata, prog.init_state(model), 3)
+    m = member(model, 1)
+    x, y = pdata.x[pdata.idx[1]], pdata.y[pdata.idx[1]]
+    opt = optax.adam(c.lr, b1=c.b1, b2=c.b2)
+    s = opt.init(eqx.filter(m, eqx.is_inexact_array))
+    losses = []
+    for _ in range(3):
+        loss, g = eqx.filter_value_and_grad(lambda mm: jnp.mean(per_sample_loss(c.loss, jax.vmap(mm)(x), y)))(m)
+        losses.append(float(loss))
+        u, s = opt.update(g, s, eqx.filter(m, eqx.is_inexact_array))
+        m = eqx.apply_updates(m, u)
+    np.testing.assert_allclose(out["train_loss"][:, 1], losses, rtol=1e-5)
+    for a, b in zip(member(state.model, 1).weights, m.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_diverged_member_is_frozen_and_isolated():
+    c, pack, model, pdata = _setup(lr=1e-2)
+    bad = eqx.tree_at(lambda m: m.weights[0], model, model.weights[0].at[0, 0, 0].set(jnp.inf))
+    prog = PackProgram(c)
+    s_good, out_good = prog.train_chunk(pdata, prog.init_state(model), 5)
+    s_bad, out_bad = prog.train_chunk(pdata, prog.init_state(bad), 5)
+    assert bool(s_bad.diverged[0]) and not bool(jnp.any(s_bad.diverged[1:]))
+    assert np.all(np.isnan(out_bad["train_loss"][1:, 0]))
+    # Frozen: parameters of the diverged member never change.
+    np.testing.assert_array_equal(member(s_bad.model, 0).weights[1], member(bad, 0).weights[1])
+    # The rest of the pack is unchanged by its neighbour's divergence.
+    for k in out_good:
+        np.testing.assert_array_equal(out_good[k][:, 1:], out_bad[k][:, 1:])
+
+
+def test_mse_loss():
+    logits = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(per_sample_loss("mse", logits, jnp.array([0, 1])), [0.0, 0.5])
