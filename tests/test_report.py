@@ -1,0 +1,130 @@
+"""`ntkbench.report.write_report` on small synthetic sweeps with the results schema."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ntkbench.analysis import summarize
+from ntkbench.report import write_report
+
+_PER_EPOCH = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "ntk_trace",
+              "ntk_entropy", "ntk_erank", "label_alignment", "label_alignment_traced",
+              "eigvec_misalignment")
+
+
+def make_results(*, depth=(3,), width=(16, 64, 256, 1024, 4096), n_train=None, noise=None,
+                 data_draw=None, seed=(0, 1, 2), num_epochs=60, ntk_every=2, record_ntk=True,
+                 diverged=(), rng_seed=0):
+    """A results Dataset with the sweep schema and paper-like trends.
+
+    Test loss ∝ width^-0.5 with its minimum near epoch 40; the trace is linear in ln L_train with
+    T0 ∝ max(1, w/256) (so the trace ratio declines beyond 256); erank* ∝ w^0.5 up to 256, then
+    flat. `diverged` lists index tuples over the sweep axes; those members get NaN losses.
+    """
+    rng = np.random.default_rng(rng_seed)
+    axes = {"depth": depth, "width": width, "n_train": n_train, "noise": noise,
+            "data_draw": data_draw, "seed": seed}
+    axes = {k: np.asarray(v) for k, v in axes.items() if v is not None}
+    shape = tuple(len(v) for v in axes.values())
+    grids = np.meshgrid(*axes.values(), indexing="ij")
+    get = lambda name, default: (grids[list(axes).index(name)][..., None].astype(float)
+                                 if name in axes else default)
+    w, dep, nz = get("width", 64.0), get("depth", 3.0), get("noise", 0.0)
+    epochs = np.arange(num_epochs + 1)
+    k = epochs.astype(float)
+    noise_fn = lambda s: np.exp(s * rng.normal(size=shape + (num_epochs + 1,)))
+    train = 2.3 * np.exp(-k / (8 + 2 * dep)) * noise_fn(0.02)
+    k_min = 40.0
+    test = (0.5 * w**-0.5 * (1 + nz) + 0.3) * (1 + ((k - k_min) / 30) ** 2) * noise_fn(0.01)
+    t0 = 2.0 * np.maximum(1.0, w / 256.0) * np.exp(0.05 * rng.normal(size=shape + (1,)))
+    trace = t0 - 0.4 * np.log(train / 2.3)
+    sat = np.minimum(w, 256.0) ** 0.5 * (1 + nz)
+    erank = sat * (2.0 - np.tanh(k / 10) + 0.5 * k / num_epochs)
+    recorded = (epochs % ntk_every == 0) | (epochs == num_epochs)
+    ntk = lambda a: np.where(recorded & record_ntk, a, np.nan)
+    mis = np.where(k > 0, 0.5 * np.exp(-k / 10) + 1e-4, np.nan)
+    div = np.zeros(shape, bool)
+    for idx in diverged:
+        div[idx] = True
+    train = np.where(div[..., None], np.nan, train)
+    test = np.where(div[..., None], np.nan, test)
+    dims = tuple(axes) + ("epoch",)
+    full = lambda a: np.broadcast_to(a, shape + (num_epochs + 1,)).copy()
+    values = {
+        "train_loss": train, "test_loss": test,
+        "train_accuracy": 1 - train / 2.5, "test_accuracy": 1 - test / 2,
+        "ntk_trace": ntk(trace), "ntk_entropy": ntk(np.log(erank)), "ntk_erank": ntk(erank),
+        "label_alignment": ntk(0.2 + 0.05 * np.tanh(k / 20) + 0 * w),
+        "label_alignment_traced": ntk(0.4 + 0.05 * np.tanh(k / 20) + 0 * w),
+        "eigvec_misalignment": ntk(mis + 0 * w),
+    }
+    data = {name: (dims, full(values[name])) for name in _PER_EPOCH}
+    data["diverged"] = (tuple(axes), div)
+    return xr.Dataset(data, coords={**axes, "epoch": epochs}, attrs={"ntk_every": ntk_every})
+
+
+def _names(paths):
+    return sorted(p.name for p in paths)
+
+
+def test_width_sweep_report(tmp_path):
+    ds = make_results(diverged=[(0, 2, 1)])
+    paths = write_report(ds, tmp_path, num_bootstrap=50)
+    names = _names(paths)
+    for want in ("fig_losses.png", "fig1_dynamics.png", "fig2_scaling_width.png",
+                 "fig3_transition.png", "fig8_alignment.png", "report.md"):
+        assert want in names
+    assert not any(n.startswith("fig4") for n in names)
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report.md").read_text()
+    assert "## Fitted exponents" in md and "| min_test_loss | width |" in md
+    assert "## Transition widths" in md and "| erank_star |" in md and "| trace_ratio |" in md
+    assert "Fig. 4 (noise scaling)" in md  # skipped, and said so
+    assert "diverged: 1" in md
+    for n in names:
+        if n.endswith(".png"):
+            assert f"({n})" in md
+    # The loss exponent of the synthetic sweep is about −0.5 at small widths (plus a floor).
+    assert "| 16 |" in md or "| 16 " in md
+
+
+def test_single_width_without_ntk(tmp_path):
+    ds = make_results(width=(64,), seed=(0, 1), record_ntk=False)
+    paths = write_report(ds, tmp_path, num_bootstrap=20)
+    assert _names(paths) == ["fig_losses.png", "report.md"]
+    md = (tmp_path / "report.md").read_text()
+    for skipped in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Fig. 8"):
+        assert skipped in md.split("### Skipped")[1]
+    assert "n/a" in md  # NTK summaries are NaN
+
+
+def test_data_scaling_with_noise_and_depth_facets(tmp_path):
+    ds = make_results(depth=(3, 4), width=(8,), n_train=(50, 100, 200, 400), noise=(0.0, 0.5),
+                      data_draw=(0, 1), seed=(0,), num_epochs=40, ntk_every=1,
+                      diverged=[(1, 0, 3, 1, 1, 0)])
+    paths = write_report(summarize(ds, window=10), tmp_path, num_bootstrap=20)
+    names = _names(paths)
+    assert "fig2_scaling_n_train.png" in names and "fig3_transition.png" not in names
+    assert {"fig1_dynamics_depth3_noise0.png", "fig1_dynamics_depth4_noise0.5.png"} <= set(names)
+    assert any(n.startswith("fig4_noise") for n in names)
+    md = (tmp_path / "report.md").read_text()
+    assert "| min_test_loss | n_train | depth=3, noise=0 |" in md
+    assert "10-epoch" in md
+
+
+def test_report_needs_epochs(tmp_path):
+    ds = make_results().isel(epoch=0)
+    with pytest.raises(ValueError, match="epoch"):
+        write_report(ds, tmp_path)
+
+
+def test_single_width_with_ntk_and_no_seed_axis(tmp_path):
+    ds = make_results(width=(64,), seed=None, depth=None, num_epochs=50)
+    paths = write_report(ds, tmp_path, num_bootstrap=20)
+    assert _names(paths) == ["fig1_dynamics.png", "fig8_alignment.png", "fig_losses.png",
+                             "report.md"]
+    md = (tmp_path / "report.md").read_text()
+    assert "Replicates averaged over: none" in md and "Fig. 2 (scaling)" in md
