@@ -197,19 +197,28 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
     if not os.path.exists(os.path.join(root, "zarr.json")):
         raise FileNotFoundError(f"No results in {workdir!r}; run `ntkbench run --workdir={workdir}` first.")
     ds = xr.open_zarr(root, consolidated=False, zarr_format=3)
-    if not snapshots and "ntk_snapshot" in ds:
-        ds = ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore")
-    ds = ds.load()
+    snapshot = ds["ntk_snapshot"] if (snapshots and "ntk_snapshot" in ds) else None
+    ds = ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore").load()
     done = ds["epochs_done"]
     mask = ds["epoch"] <= done
     for name in PER_RECORD:
         if name in ds:
             ds[name] = ds[name].where(mask)
     ds["diverged"] = ds["diverged"].astype(bool)
+    ds.attrs["ntk_every"] = int(_manifest_config(workdir).get("ntk_every", 0))
     if summaries:
-        try:
-            from ntkbench import analysis
-        except ImportError:  # pragma: no cover - analysis is part of the package
-            return ds
+        from ntkbench import analysis
+
         ds = analysis.summarize(ds)
+    if snapshot is not None:
+        # Lazily loaded (dask-free zarr backend): index it before calling .values on big sweeps.
+        ds["ntk_snapshot"] = snapshot.where(done >= 0)
     return ds
+
+
+def _manifest_config(workdir: str) -> dict:
+    path = os.path.join(workdir, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("config", {})

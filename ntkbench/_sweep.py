@@ -253,6 +253,11 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             out, state = program.evaluate(pdata, state)
             out = jax.device_get(out)
             store.write_records(indices, config.epochs, {k: v[None] for k, v in out.items()})
+            if snap and record_fn is not None:
+                rec = jax.device_get(state.record)
+                for which, mats in (("init", rec.init_ntk), ("best", rec.best_ntk),
+                                    ("final", rec.last_ntk)):
+                    store.write_snapshot(indices, which, mats)
             store.commit(indices, config.epochs, np.asarray(state.diverged))
             status.update(status="done", finished=time.time(), seconds=time.perf_counter() - t_pack,
                           epochs_done=config.epochs)

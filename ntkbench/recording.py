@@ -1,0 +1,81 @@
+"""The NTK record step run inside a pack's training program (SPEC.md §2-8).
+
+At every NTK epoch each member's empirical NTK on the fixed test set is computed with
+`ntkbench.kernels.ntk` (the structured kernel for MLPs), turned into the matrix form, and reduced
+by ONE eigendecomposition (`ntkbench.observables.spectral_record`) to its trace, entropy,
+effective rank, both label alignments and the eigenvector misalignment against the previous
+record. Everything stays on device and is vmapped over the pack.
+
+The carry keeps what later records need: the previous record's eigenvectors and effective rank,
+and, with `ntk_snapshots`, the NTK at initialization, at the best test loss among NTK records so
+far (the first one on ties, so it is the NTK at `k*`), and at the latest record (the final one
+once training ends).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from ntkbench import kernels, observables
+from ntkbench._config import SweepConfig
+
+#: Names of the per-record NTK quantities, as stored in the results.
+RECORD_NAMES = {
+    "trace": "ntk_trace",
+    "entropy": "ntk_entropy",
+    "erank": "ntk_erank",
+    "label_alignment": "label_alignment",
+    "label_alignment_traced": "label_alignment_traced",
+    "eigvec_misalignment": "eigvec_misalignment",
+}
+
+
+class RecordCarry(eqx.Module):
+    """Per-member state of the record step (stacked over the pack)."""
+
+    eigvecs: Float[Array, "m m"]
+    erank: Float[Array, ""]
+    best_loss: Float[Array, ""]
+    started: Bool[Array, ""]
+    init_ntk: Any  # (m, m) or None without snapshots
+    best_ntk: Any
+    last_ntk: Any
+
+
+def make_record(config: SweepConfig, num_classes: int):
+    """`(record_fn, record_init)` for `PackProgram` (see `ntkbench._training`)."""
+    snapshots = config.ntk_snapshots
+    size = config.n_test * num_classes
+    method = config.ntk_method
+
+    def record_init(model, _) -> RecordCarry:
+        del model
+        z = jnp.zeros((size, size), jnp.float32)
+        return RecordCarry(
+            eigvecs=z, erank=jnp.asarray(jnp.nan, jnp.float32),
+            best_loss=jnp.asarray(jnp.inf, jnp.float32), started=jnp.asarray(False),
+            init_ntk=z if snapshots else None, best_ntk=z if snapshots else None,
+            last_ntk=z if snapshots else None)
+
+    def record_fn(model, x, y, carry: RecordCarry, test_loss) -> tuple[dict, RecordCarry]:
+        k = kernels.as_matrix(kernels.ntk(model, x, method=method))
+        y_onehot = jax.nn.one_hot(y, num_classes, dtype=k.dtype)
+        rec = observables.spectral_record(k, y_onehot, carry.eigvecs, carry.erank)
+        better = test_loss < carry.best_loss
+        new = RecordCarry(
+            eigvecs=rec["eigvecs"], erank=rec["erank"],
+            best_loss=jnp.where(better, test_loss, carry.best_loss),
+            started=jnp.asarray(True),
+            init_ntk=jnp.where(carry.started, carry.init_ntk, k) if snapshots else None,
+            best_ntk=jnp.where(better, k, carry.best_ntk) if snapshots else None,
+            last_ntk=k if snapshots else None,
+        )
+        out = {RECORD_NAMES[name]: rec[name] for name in RECORD_NAMES}
+        return out, new
+
+    return record_fn, record_init
