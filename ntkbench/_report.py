@@ -518,12 +518,12 @@ def write_report(
                "needs a `width` axis with at least 4 values for a two-segment fit")
         skipped.append(f"Fig. 3 (width transition): {why}")
 
-    if "noise" in plan.axes:
+    if "noise" in plan.axes and ds.sizes["noise"] >= 2:
         noise_facets = plan.facets(ds, exclude=["noise"])[:_MAX_FACETS]
         for facet in noise_facets:
             paths.append(_fig4_noise(ds, plan, facet, out_dir))
     else:
-        skipped.append("Fig. 4 (noise scaling): the sweep has no `noise` axis")
+        skipped.append("Fig. 4 (noise scaling): the sweep has no `noise` axis with two or more values")
 
     if has_ntk:
         for facet in facets:
