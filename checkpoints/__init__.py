@@ -1,1 +1,10 @@
-"""Orbax/Tensorstore persistence (installed as ntkbench.checkpoints)."""
+"""Orbax/Tensorstore persistence of a pack's training state (installed as ntkbench.checkpoints).
+
+The on-disk layout, what is saved, the async semantics and the multi-host rule are documented in
+`_checkpointer.py`'s module docstring, also shown by `help(ntkbench.checkpoints.PackCheckpointer)`'s
+module.
+"""
+
+from ._checkpointer import CheckpointCorruptError as CheckpointCorruptError
+from ._checkpointer import CheckpointMismatchError as CheckpointMismatchError
+from ._checkpointer import PackCheckpointer as PackCheckpointer

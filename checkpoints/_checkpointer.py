@@ -1,0 +1,499 @@
+"""Resumable checkpoints of one pack's training state (Orbax + Tensorstore zarr3/OCDBT).
+
+A checkpoint is the pytree itself (STYLE.md §7): the array leaves of
+`eqx.filter(state, eqx.is_array)`, restored into a template `like` built the same way as the
+state, whose static part (activations, widths, optimizer functions...) is reused as it is.
+
+Directory layout (one `PackCheckpointer` per pack directory)::
+
+    <directory>/
+      <epoch>/                       one finalized checkpoint per saved epoch; the newest
+        _CHECKPOINT_METADATA           `max_to_keep` are kept
+        state/                       the array leaves: one zarr3 array per leaf inside an OCDBT
+          _METADATA, manifest.ocdbt    database (Tensorstore); each process writes its own
+          ocdbt.process_<i>/ ...       `ocdbt.process_<i>/`
+        meta/metadata                JSON: format version, epoch, shape/dtype/fingerprint of
+                                       every leaf (by key path) and the caller's `extra`
+      <epoch>.orbax-checkpoint-tmp*/ a save in flight, or one killed mid-write: never restored;
+                                       the next `PackCheckpointer` on the directory warns about it
+                                       and removes it (in the background, before its first save)
+      corrupt/<epoch>-<utc time>/    checkpoints found corrupt by `restore_latest` when an older
+                                       one restored fine; kept for inspection, never read again
+
+What is saved: every array leaf (float parameters, optax states, bool/int arrays, typed PRNG keys)
+with its exact bits, so a restored state continues training bit for bit like an uninterrupted
+run. Non-array leaves (None, Python scalars, functions) are not saved; they come from `like`.
+
+Integrity: `save` computes a 32-bit fingerprint of the bits of every leaf on device and stores it
+in `meta/metadata`. `restore_latest` tries the newest checkpoint first and treats it as corrupt
+when its step metadata or JSON is missing or unreadable, when Tensorstore fails to read an array
+(a truncated or deleted file), or when the restored bits do not match the saved fingerprints. A
+corrupt checkpoint is skipped with a `logging.warning` naming it, and the previous one is tried.
+A checkpoint whose leaves differ from `like` in key path, shape or dtype is not corrupt: it was
+written for another state, and `restore_latest` raises `CheckpointMismatchError`.
+
+Async semantics (`async_save=True`): `save` waits until `state` has been computed (it reads the
+fingerprints back) and copied off the device, so the caller may donate or overwrite `state` as
+soon as it returns; the write continues in a background thread into
+`<epoch>.orbax-checkpoint-tmp*`. Nothing of that epoch is durable when
+`save` returns; it becomes durable, atomically, when the tmp directory is renamed to `<epoch>/`,
+which `wait()` (or `close()`, or the next `save`) waits for. Older checkpoints beyond
+`max_to_keep` are deleted only after the new one is finalized, so a crash at any moment leaves
+at least one complete checkpoint. Call `close()` (or leave the `with` block) before the process
+exits, or the last save may be lost.
+
+Multi-host: every process calls every method (`should_save`, `save`, `restore_latest`, `wait`,
+`close`) at the same points with the same arguments, since they contain barriers and collective
+agreements; `directory` must be on a filesystem that all hosts see. The time criterion of
+`should_save` (process 0's clock) and the corruption verdict of `restore_latest` are agreed
+across processes, so all of them save, skip and restore the same epochs. Every array leaf must be
+a global array: place scalars and replicated leaves on the mesh too (e.g. `eqx.filter_shard(x,
+NamedSharding(mesh, P()))`); `save` rejects process-local leaves.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STATE = "state"
+_META = "meta"
+_CORRUPT_DIR = "corrupt"
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_META_FILE = "metadata"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the template `like` (other key paths, shapes or dtypes)."""
+
+
+class CheckpointCorruptError(RuntimeError):
+    """Every checkpoint in a directory is unreadable, so none can be restored."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _is_leaf_array(x) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _is_key(dtype) -> bool:
+    return jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """Order-sensitive 32-bit hash of the bits of `x` (exact integer math, any sharding).
+
+    Each 32-bit word `w_i` (narrower dtypes are widened, 64-bit ones split) is mixed with its
+    index by a bijection, so changing any one word always changes the wrap-around sum.
+    """
+    if _is_key(x.dtype):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 8:
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    words = words.reshape(-1)
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    h = (words ^ (index * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return jnp.sum(h ^ (h >> np.uint32(16)), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [_leaf_fingerprint(x) for x in leaves]
+
+
+def _describe(tree) -> dict[str, dict[str, Any]]:
+    """`{key path: {"shape", "dtype"}}` of the array (or ShapeDtypeStruct) leaves of `tree`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        out[jax.tree_util.keystr(path)] = {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+    return out
+
+
+def _fingerprint_tree(tree) -> dict[str, int]:
+    """`{key path: fingerprint}`; one jitted call per set of devices the leaves live on."""
+    paths_leaves = jax.tree_util.tree_leaves_with_path(tree)
+    groups: dict[frozenset, list[int]] = {}
+    for i, (_, leaf) in enumerate(paths_leaves):
+        sharding = getattr(leaf, "sharding", None)  # None: a numpy leaf
+        devices = None if sharding is None else frozenset(d.id for d in sharding.device_set)
+        groups.setdefault(devices, []).append(i)
+    values: dict[int, int] = {}
+    for members in groups.values():
+        got = jax.device_get(_fingerprints([paths_leaves[i][1] for i in members]))
+        values.update({i: int(v) for i, v in zip(members, got, strict=True)})
+    return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
+
+
+def _match_template(restored: jax.Array, template) -> jax.Array:
+    """Gives `restored` the template leaf's commitment and weak type, which Orbax drops.
+
+    An uncommitted template leaf (e.g. `jnp.asarray(0)`) comes back uncommitted, so that jit
+    may still place it beside arrays on a mesh; a weakly typed one comes back weakly typed, so
+    that dtype promotion, and hence the resumed run, is exactly as before the interruption.
+    """
+    if isinstance(template, jax.Array) and not template.committed:
+        if _is_key(restored.dtype):
+            data = jnp.asarray(jax.device_get(jax.random.key_data(restored)))
+            restored = jax.random.wrap_key_data(data, impl=jax.random.key_impl(restored))
+        else:
+            restored = jnp.asarray(jax.device_get(restored))
+    if not getattr(template, "weak_type", False) or restored.weak_type:
+        return restored
+    try:
+        from jax._src.lax.lax import _convert_element_type
+    except ImportError:  # pragma: no cover - a JAX that moved the helper
+        logger.warning("Could not restore the weak type of a %s leaf; make it strongly typed "
+                       "(e.g. `jnp.asarray(x, dtype)`) for exact resumption.", restored.dtype)
+        return restored
+    return _convert_element_type(restored, restored.dtype, weak_type=True)
+
+
+def _all_processes_agree(flag: bool) -> bool:
+    """True only if `flag` is True on every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return flag
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.all(flags))
+
+
+def _process_zero_decides(flag: bool) -> bool:
+    """Process 0's `flag` on every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
+    if isinstance(leaf, np.ndarray):
+        return leaf  # restored as a numpy array
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        raise ValueError(
+            f"The template leaf at {jax.tree_util.keystr(path)} has no sharding, so there is no "
+            "device to restore it to. Build `like` from jax arrays (e.g. `program.init_state(...)`"
+            " placed with `eqx.filter_shard`), or give each ShapeDtypeStruct a `sharding=`."
+        )
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+
+# ---------------------------------------------------------------------------------- class
+class PackCheckpointer:
+    """Saves and restores one pack's training state in its own directory.
+
+    Args:
+        directory: the pack's checkpoint directory (created if missing); on a filesystem that
+            every host sees when there are several processes.
+        max_to_keep: how many of the newest checkpoints to keep (at least 1; 2 leaves a
+            fallback if the newest turns out corrupt).
+        save_every_epochs: `should_save` is True at every epoch divisible by this (0 disables).
+        save_every_minutes: `should_save` is True once this many minutes have passed since the
+            last save, restore or construction (0 disables).
+        async_save: write in a background thread (see the module docstring); False makes
+            `save` return only once the checkpoint is durable.
+        clock: seconds as a float, for the time criterion (tests inject a fake one).
+
+    Example:
+        >>> with PackCheckpointer(path, save_every_epochs=10) as ckpt:  # doctest: +SKIP
+        ...     found = ckpt.restore_latest(state)
+        ...     if found is not None:
+        ...         epoch, state, extra = found
+        ...     for epoch in range(start, num_epochs):
+        ...         state = train_one_epoch(state)
+        ...         if ckpt.should_save(epoch + 1, force=epoch + 1 == num_epochs):
+        ...             ckpt.save(epoch + 1, state, extra={"best": best})
+    """
+
+    def __init__(
+        self,
+        directory: str | epath.PathLike,
+        *,
+        max_to_keep: int = 2,
+        save_every_epochs: int = 0,
+        save_every_minutes: float = 0.0,
+        async_save: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep}; keep at least 1 checkpoint (2 leaves "
+                             "a fallback when the newest one is corrupt).")
+        if save_every_epochs < 0 or save_every_minutes < 0 or not math.isfinite(save_every_minutes):
+            raise ValueError(
+                f"save_every_epochs={save_every_epochs}, save_every_minutes={save_every_minutes};"
+                " use a non-negative count or a finite number of minutes (0 disables a criterion).")
+        self._directory = epath.Path(directory)
+        self._save_every_epochs = int(save_every_epochs)
+        self._save_every_seconds = 60.0 * float(save_every_minutes)
+        self._clock = clock
+        leftovers = self._directory.glob(f"*{_TMP_MARKER}*") if self._directory.exists() else []
+        for tmp in sorted(leftovers):
+            logger.warning("Ignoring the unfinished checkpoint %s (a save that did not complete); "
+                           "it is being removed.", tmp)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._mngr = ocp.CheckpointManager(
+            self._directory,
+            options=options,
+            item_handlers={
+                _STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True),
+                _META: ocp.JsonCheckpointHandler(_META_FILE),
+            },
+        )
+        # Reads go through a per-process Checkpointer without barriers: a process that finds a
+        # checkpoint corrupt must not leave the others waiting inside Orbax's restore barrier.
+        # The verdicts are then agreed by one collective per checkpoint tried.
+        me = jax.process_index()
+        local = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        self._reader = ocp.Checkpointer(
+            ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
+                                        multiprocessing_options=local),
+            multiprocessing_options=local,
+        )
+        self._last_save_time = self._clock()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def directory(self) -> epath.Path:
+        """The pack's checkpoint directory."""
+        return self._directory
+
+    def all_epochs(self) -> list[int]:
+        """Epochs of the checkpoints, oldest first: the finalized ones (corrupt ones included
+        until `restore_latest` moves them aside) and a save still in flight."""
+        return sorted(self._mngr.all_steps())
+
+    def latest_epoch(self) -> int | None:
+        """The newest checkpoint's epoch (possibly a save still in flight), or None."""
+        return self._mngr.latest_step()
+
+    # ------------------------------------------------------------------ saving
+    def should_save(self, epoch: int, *, force: bool = False) -> bool:
+        """Whether to save the state reached after `epoch` epochs.
+
+        Args:
+            epoch: the epoch count of the state (the checkpoint's name).
+            force: save regardless of the criteria (e.g. at the last epoch, or on preemption).
+
+        Returns:
+            False if a checkpoint of `epoch` or a later one already exists; otherwise True when
+            `force`, when `epoch` is a multiple of `save_every_epochs`, or when
+            `save_every_minutes` have passed since the last save (process 0's clock decides).
+        """
+        epoch = int(epoch)
+        latest = self._mngr.latest_step()
+        if latest is not None and epoch <= latest:
+            return False
+        if force:
+            return True
+        if self._save_every_epochs and epoch % self._save_every_epochs == 0:
+            return True
+        if self._save_every_seconds:
+            due = self._clock() - self._last_save_time >= self._save_every_seconds
+            return _process_zero_decides(due)
+        return False
+
+    def save(self, epoch: int, state, *, extra: Mapping[str, Any] | None = None) -> None:
+        """Starts saving `state` as the checkpoint of `epoch` (async: see the module docstring).
+
+        Args:
+            epoch: the epoch count of `state`; larger than every epoch saved so far.
+            state: the training state (any pytree; Equinox modules included). Its array leaves
+                are saved; the caller may donate or overwrite them as soon as `save` returns.
+            extra: JSON-serializable metadata (e.g. best-so-far bookkeeping, a config
+                fingerprint), returned by `restore_latest`. JSON turns tuples into lists and
+                keys into strings.
+        """
+        epoch = int(epoch)
+        latest = self._mngr.latest_step()
+        if latest is not None and epoch <= latest:
+            raise ValueError(
+                f"Cannot save epoch {epoch} in {self._directory}: epoch {latest} is already saved."
+                " Resume with `restore_latest(like)` before training, and gate saves with "
+                "`should_save(epoch)`.")
+        extra = {} if extra is None else dict(extra)
+        try:
+            json.dumps(extra, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"`extra` must be JSON-serializable ({e}); convert arrays with `.tolist()` and "
+                "numpy scalars with `int()`/`float()`.") from e
+        arrays = eqx.filter(state, eqx.is_array)
+        if jax.process_count() > 1:
+            local = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(arrays)
+                     if not isinstance(x, jax.Array) or x.is_fully_addressable]
+            if local:
+                raise ValueError(
+                    f"Leaves {', '.join(local[:6])} live on this process only, so Orbax cannot "
+                    "save them in a multi-process run. Place every leaf on the global mesh first, "
+                    "e.g. `eqx.filter_shard(x, NamedSharding(mesh, P()))` for scalars and "
+                    "replicated arrays.")
+        leaves = _describe(arrays)
+        for path, fp in _fingerprint_tree(arrays).items():
+            leaves[path]["fingerprint"] = fp
+        meta = {"format": FORMAT_VERSION, "epoch": epoch, "leaves": leaves, "extra": extra}
+        self._mngr.save(
+            epoch,
+            args=ocp.args.Composite(**{
+                _STATE: ocp.args.PyTreeSave(arrays),
+                _META: ocp.args.JsonSave(meta),
+            }),
+            force=True,
+        )
+        self._last_save_time = self._clock()
+
+    def wait(self) -> None:
+        """Blocks until the pending save is finalized (durable) and old checkpoints are pruned."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for the pending save, then releases the manager's threads."""
+        self._mngr.close()
+        self._reader.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ restoring
+    def restore_latest(self, like) -> tuple[int, Any, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint into the template `like`.
+
+        Args:
+            like: a state built the same way as the saved one (same key paths, shapes and
+                dtypes); its values are ignored. Array leaves may be jax arrays or
+                `jax.ShapeDtypeStruct`s with a `sharding`; restored arrays take that sharding.
+                Non-array leaves are copied from `like`.
+
+        Returns:
+            None if the directory holds no checkpoint, else `(epoch, state, extra)`.
+
+        Raises:
+            CheckpointMismatchError: a checkpoint was written for a differently shaped state.
+            CheckpointCorruptError: checkpoints exist but none could be read.
+        """
+        self._mngr.wait_until_finished()
+        self._mngr.reload()
+        arrays_like, static = eqx.partition(like, _is_leaf_array)
+        target = jax.tree_util.tree_map_with_path(lambda p, x: _restore_target(x, p), arrays_like)
+        expected = _describe(arrays_like)
+        failures: list[tuple[int, str]] = []
+        for epoch in sorted(self._mngr.all_steps(), reverse=True):
+            problem, meta, restored = self._try_restore(epoch, target, expected)
+            if problem is None:
+                self._quarantine([e for e, _ in failures])
+                self._last_save_time = self._clock()
+                restored = jax.tree.map(_match_template, restored, arrays_like)
+                return epoch, eqx.combine(restored, static), meta.get("extra", {})
+            problem = problem[:500]
+            logger.warning("Skipping the corrupt or incomplete checkpoint %s: %s",
+                           self._directory / str(epoch), problem)
+            failures.append((epoch, problem))
+        if failures:
+            listing = "; ".join(f"epoch {e}: {p}" for e, p in failures)
+            raise CheckpointCorruptError(
+                f"No checkpoint in {self._directory} could be restored ({listing}). If the "
+                "files are damaged, move the directory away to restart this pack from scratch.")
+        return None
+
+    def _try_restore(self, epoch: int, target, expected) -> tuple[str | None, dict, Any]:
+        """`(None, meta, arrays)`, or `(reason, {}, None)` when the checkpoint is corrupt.
+
+        Local reads alternate with agreements, so that every process takes the same branches
+        and enters the same collectives (the fingerprints of global arrays are one).
+        """
+        step_dir = self._directory / str(epoch)
+        problem, meta = None, {}
+        try:
+            json.loads((step_dir / _STEP_METADATA).read_text())
+        except Exception as e:  # noqa: BLE001 - any failure to read means "incomplete"
+            problem = f"step metadata {_STEP_METADATA} unreadable ({type(e).__name__}: {e})"
+        if problem is None:
+            try:
+                meta = json.loads((step_dir / _META / _META_FILE).read_text())
+                if not isinstance(meta.get("leaves"), dict):
+                    raise KeyError("leaves")
+            except Exception as e:  # noqa: BLE001
+                problem = f"metadata unreadable ({type(e).__name__}: {e})"
+        if not _all_processes_agree(problem is None):
+            return problem or "unreadable on another process", {}, None
+
+        saved = meta["leaves"]
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointMismatchError(
+                f"{step_dir} has checkpoint format {meta.get('format')!r}, this ntkbench reads "
+                f"{FORMAT_VERSION}; restore it with the ntkbench version that wrote it.")
+        shapes = {k: {"shape": v.get("shape"), "dtype": v.get("dtype")} for k, v in saved.items()}
+        if shapes != expected:
+            diff = sorted(set(map(str, shapes.items())) ^ set(map(str, expected.items())))
+            raise CheckpointMismatchError(
+                f"{step_dir} was saved from a different state than `like` (leaves that differ: "
+                f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}). Build `like` exactly "
+                "as the saved state was built (same config, pack and optimizer), or use a fresh "
+                "directory for the new configuration.")
+
+        restored = None
+        try:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+            restored = self._reader.restore(
+                step_dir / _STATE,
+                args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+        except Exception as e:  # noqa: BLE001
+            problem = f"arrays unreadable ({type(e).__name__}: {e})"
+        if not _all_processes_agree(problem is None):
+            return problem or "unreadable on another process", {}, None
+
+        got = _fingerprint_tree(restored)  # the same global values on every process
+        bad = [k for k, v in saved.items() if got.get(k) != v.get("fingerprint")]
+        if bad:
+            return f"fingerprint mismatch in {', '.join(bad[:6])}", {}, None
+        return None, meta, restored
+
+    def _quarantine(self, epochs: list[int]) -> None:
+        """Moves corrupt checkpoints to `corrupt/` so they are never listed or pruned again."""
+        if not epochs:
+            return
+        if jax.process_index() == 0:
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+            dest_root = self._directory / _CORRUPT_DIR
+            dest_root.mkdir(parents=True, exist_ok=True)
+            for epoch in epochs:
+                src = self._directory / str(epoch)
+                if src.exists():
+                    dest = dest_root / f"{epoch}-{stamp}"
+                    src.rename(dest)
+                    logger.warning("Moved the corrupt checkpoint %s to %s.", src, dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"ntkbench_checkpoints_quarantine_{epochs}")
+        self._mngr.reload()
