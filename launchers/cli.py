@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from absl import flags, logging
 
 EXIT_USAGE = 2
+#: "Interrupted, resumable": the run stopped at a checkpoint after SIGTERM/SIGINT; rerun the
+#: same command to resume (EX_TEMPFAIL from sysexits.h).
+EXIT_INTERRUPTED = 75
 COMMANDS = ("run", "status", "report", "profile", "presets")
 
 
@@ -84,6 +87,7 @@ def _load_config(argv: list[str]):
                 raise UsageError(str(e)) from None
             config_flags.DEFINE_config_dict("config", cd, flag_values=fv, sys_argv=argv)
         flags.DEFINE_string("workdir", None, "Directory for the manifest, checkpoints and results.", flag_values=fv)
+        _define_runtime_flags(fv)
 
     fv = _parse(argv, define)
     try:
@@ -92,12 +96,83 @@ def _load_config(argv: list[str]):
         raise UsageError(str(e)) from None
     if not fv.workdir:
         raise UsageError("--workdir is required, e.g. --workdir=runs/quick.")
-    return config, fv.workdir
+    return config, fv.workdir, fv
+
+
+def _define_runtime_flags(fv) -> None:
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with its "
+                      "auto-detection (SLURM, TPU pods, Open MPI).", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for an explicit "
+                        "multi-process start.", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Processes in the job (explicit start).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's id (explicit start).", flag_values=fv)
+    flags.DEFINE_list("local_device_ids", None, "Local devices this process uses.", flag_values=fv)
+    flags.DEFINE_string("shard", None, "I/N: run only share I of N of the packs (job arrays).", flag_values=fv)
+    flags.DEFINE_integer("num_cpu_devices", None, "Fake CPU devices (testing sharding on CPU).", flag_values=fv)
+
+
+def _init_runtime(fv):
+    """JAX options, the distributed runtime and the mesh (only the CLI does this)."""
+    import jax
+    import numpy as np
+
+    if fv.num_cpu_devices:
+        jax.config.update("jax_num_cpu_devices", fv.num_cpu_devices)
+    explicit = fv.coordinator_address is not None
+    if explicit and (fv.num_processes is None or fv.process_id is None):
+        raise UsageError("--coordinator_address needs --num_processes and --process_id.")
+    if explicit or fv.distributed:
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        if (explicit and (fv.num_processes or 1) > 1 and platforms in ("", "cpu")) or platforms == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        kwargs = {}
+        if explicit:
+            kwargs = dict(coordinator_address=fv.coordinator_address,
+                          num_processes=fv.num_processes, process_id=fv.process_id)
+        if fv.local_device_ids:
+            kwargs["local_device_ids"] = [int(i) for i in fv.local_device_ids]
+        jax.distributed.initialize(**kwargs)
+        if jax.default_backend() == "cpu" and jax.process_count() > 1:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(devices), ("members",))
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the sweep polls it between chunks and checkpoints."""
+
+    def __init__(self):
+        import signal
+
+        self.set = False
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        del frame
+        if not self.set:
+            logging.warning("signal %d: stopping at the next chunk boundary with a checkpoint "
+                            "(exit status %d = resumable)", signum, EXIT_INTERRUPTED)
+        self.set, self.signal = True, signum
+
+    def __call__(self) -> bool:
+        return self.set
 
 
 def cmd_run(argv: list[str]) -> int:
-    config, workdir = _load_config(argv)
+    config, workdir, fv = _load_config(argv)
     from ntkbench import _sweep, results
+
+    try:
+        _sweep.parse_shard(fv.shard)
+    except _sweep.ConfigError as e:
+        return _fail(str(e))
+    mesh = _init_runtime(fv)
     from ntkbench._datasets import DatasetError
     from ntkbench._results import ResultsError
 
@@ -107,11 +182,19 @@ def cmd_run(argv: list[str]) -> int:
     except ImportError:  # the NTK record step is optional while it is being built
         make_record = None
     try:
-        outcome = _sweep.run_sweep(config, workdir, log=logging.info, make_record=make_record)
+        outcome = _sweep.run_sweep(config, workdir, log=logging.info, make_record=make_record,
+                                   mesh=mesh, shard=fv.shard, should_stop=_StopFlag())
+    except _sweep.Interrupted as e:
+        print(f"ntkbench: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (DatasetError, _sweep.WorkdirError, ResultsError) as e:
         return _fail(str(e).splitlines()[0])
     except _sweep.ConfigError as e:
         return _fail(str(e))
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     ds = results.load(workdir, summaries=False)
     print(_sweep.summary_table(ds))
     print(f"{outcome.member_epochs:,} member-epochs in {outcome.seconds:.1f}s "
@@ -130,10 +213,7 @@ def cmd_status(argv: list[str]) -> int:
     manifest = _sweep.read_manifest(fv.workdir)
     if manifest is None:
         return _fail(f"{fv.workdir!r} holds no ntkbench sweep.")
-    epochs = manifest["config"]["epochs"]
-    for p in manifest["packs"]:
-        print(f"pack {p['pack_id']}: {p['status']:8s} {len(p['members'])} members, width<= "
-              f"{p['padded_width']}, epochs {p.get('epochs_done', 0)}/{epochs}")
+    print(_sweep.status_table(fv.workdir, manifest))
     return 0
 
 

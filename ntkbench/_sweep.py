@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -55,24 +57,37 @@ def check_data(config: SweepConfig, data: Dataset) -> None:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str):
-    """An exclusive lock on `workdir` for the life of a run; a second process is refused."""
+def workdir_lock(workdir: str, shard: tuple[int, int] = (0, 1)):
+    """Locks `workdir` for the life of a run; a second process is refused with one line.
+
+    An unsharded run holds `.lock` exclusively. A share `I/N` holds `.lock` shared (so shares
+    exclude unsharded runs but not each other) and `.lock.share-I-of-N` exclusively (so the same
+    share cannot run twice).
+    """
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    i, n = shard
+    fds = []
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise WorkdirError(
-                f"Another ntkbench process (pid {other}) is using {workdir!r}; wait for it to "
-                "finish or use another --workdir.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        names = [(".lock", fcntl.LOCK_EX if n == 1 else fcntl.LOCK_SH)]
+        if n > 1:
+            names.append((f".lock.share-{i}-of-{n}", fcntl.LOCK_EX))
+        for name, mode in names:
+            fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise WorkdirError(
+                    f"Another ntkbench process (pid {other}) is using {workdir!r}; wait for it to "
+                    "finish or use another --workdir.") from None
+            if mode == fcntl.LOCK_EX:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def read_manifest(workdir: str) -> dict | None:
@@ -91,7 +106,7 @@ def check_workdir(config: SweepConfig, workdir: str) -> dict | None:
         raise WorkdirError(f"--workdir={workdir!r} is a file; give a directory.")
     manifest = read_manifest(workdir)
     if manifest is None:
-        foreign = [f for f in os.listdir(workdir) if f not in (".lock",)]
+        foreign = [f for f in os.listdir(workdir) if not f.startswith(".lock")]
         if foreign:
             raise WorkdirError(
                 f"{workdir!r} is not empty and holds no ntkbench sweep ({', '.join(sorted(foreign)[:3])}"
@@ -146,7 +161,7 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
         pad = n_max - m.n_train
         idx.append(jnp.concatenate([i, jnp.zeros((pad,), i.dtype)]))
         weight.append(jnp.concatenate([jnp.full((m.n_train,), 1.0 / m.n_train), jnp.zeros((pad,))]))
-        shuffle.append(keys["shuffle"])
+        shuffle.append(jax.random.key_data(keys["shuffle"]))
         if noisy:
             xm = apply_noisy_replacement(keys["noise"], x_all[i], y_all[i], m.noise,
                                          data.num_classes, std=config.noise_std)
@@ -169,6 +184,11 @@ def ntk_test_indices(config: SweepConfig, data: Dataset) -> np.ndarray:
 # ----------------------------------------------------------------------------- running
 
 
+class Interrupted(Exception):
+    """The run stopped at a checkpoint because it was asked to (SIGTERM/SIGINT); rerun the same
+    command to resume."""
+
+
 @dataclasses.dataclass
 class SweepResult:
     workdir: str
@@ -182,88 +202,289 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """`"I/N"` -> (I, N) with 0 <= I < N."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, tuple):
+        i, n = shard
+    else:
+        try:
+            i, n = (int(v) for v in str(shard).split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard={shard!r} must look like I/N, e.g. --shard=0/4.") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard={i}/{n} needs 0 <= I < N.")
+    return i, n
+
+
+def shard_packs(plan: ens.Plan, shard: tuple[int, int]) -> list[ens.Pack]:
+    """This share of the packs: a greedy, deterministic split balancing executed work."""
+    i, n = shard
+    if n == 1:
+        return list(plan.packs)
+    load = [0.0] * n
+    owner = {}
+    for p in sorted(plan.packs, key=lambda p: (-p.num_members * p.padded_width**2 * p.padded_n_train, p.pack_id)):
+        j = min(range(n), key=lambda j: (load[j], j))
+        owner[p.pack_id] = j
+        load[j] += p.num_members * p.padded_width**2 * p.padded_n_train
+    return [p for p in plan.packs if owner[p.pack_id] == i]
+
+
+def _pack_status_path(workdir: str, pack_id: int) -> str:
+    return os.path.join(workdir, "packs", f"pack_{pack_id:04d}.json")
+
+
+def read_pack_status(workdir: str, pack_id: int) -> dict:
+    path = _pack_status_path(workdir, pack_id)
+    if not os.path.exists(path):
+        return {"status": "pending", "epochs_done": 0}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _put(tree, mesh, spec):
+    """Place every array leaf on `mesh` with PartitionSpec `spec` (works across processes)."""
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding
+
+    sharding = NamedSharding(mesh, spec)
+
+    def put(x):
+        if not eqx.is_array(x):
+            return x
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def _local_rows(tree, axis: int, num_real: int):
+    """`(rows, {path: np.ndarray})` of the member rows this process holds, padding excluded.
+
+    For arrays sharded over members (or unsharded), each member lives on one device; this
+    process writes exactly the members whose shards it holds.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if not leaves:
+        return []
+    blocks = {}
+    for shard in leaves[0].addressable_shards:
+        sl = shard.index[axis] if len(shard.index) > axis else slice(None)
+        start, stop, _ = sl.indices(leaves[0].shape[axis])
+        blocks.setdefault((start, stop), None)
+    out = []
+    for (start, stop) in sorted(blocks):
+        stop = min(stop, num_real)
+        if start >= stop:
+            continue
+        parts = []
+        for leaf in leaves:
+            for shard in leaf.addressable_shards:
+                sl = shard.index[axis] if len(shard.index) > axis else slice(None)
+                s0, s1, _ = sl.indices(leaf.shape[axis])
+                if s0 <= start and stop <= s1:
+                    data = np.asarray(shard.data)
+                    idx = [slice(None)] * data.ndim
+                    idx[axis] = slice(start - s0, stop - s0)
+                    parts.append(data[tuple(idx)])
+                    break
+        out.append((range(start, stop), jax.tree.unflatten(treedef, parts)))
+    return out
+
+
 def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] = print,
-              make_record: Callable | None = None) -> SweepResult:
-    """Train every member of the sweep and write its records to `workdir/results`.
+              make_record: Callable | None = None, mesh=None, shard=None,
+              should_stop: Callable[[], bool] | None = None) -> SweepResult:
+    """Train every member of the sweep (or of this share) and write its records.
+
+    Resumable: done packs are skipped, started ones continue from their latest complete
+    checkpoint, and records that are rewritten must reproduce the same bits.
 
     Args:
         config: a validated sweep.
-        workdir: directory for the manifest and the results store.
+        workdir: directory for the manifest, checkpoints and results.
         log: progress sink (the CLI passes absl logging).
         make_record: optional factory `(config, num_classes) -> (record_fn, record_init)` of the
-            per-member NTK record step.
+            per-member NTK record step (`ntkbench.recording.make_record`).
+        mesh: optional 1-D `jax.sharding.Mesh` (any axis name) over which each pack's member
+            axis is sharded; packs are padded with masked members to use every device. With
+            several processes, every process calls `run_sweep` with the same arguments.
+        shard: `"I/N"`: train only share I of N of the packs (independent jobs on one workdir).
+        should_stop: polled between chunks; when it returns True the pack is checkpointed,
+            its records flushed, and `Interrupted` is raised.
 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.results.load(workdir)`.
     """
+    from ntkbench.checkpoints import PackCheckpointer
+
+    shard = parse_shard(shard)
     data = load_dataset(config.dataset, config.data_dir or None)
     check_data(config, data)
-    manifest = check_workdir(config, workdir)
+    check_workdir(config, workdir)
     in_size, out_size = data.input_size, data.num_classes
-    plan = ens.plan(config, in_size, out_size)
-    with workdir_lock(workdir):
-        manifest = manifest or {
-            "config": config.to_dict(), "fingerprint": config.fingerprint(),
-            "efficiency": plan.efficiency,
-            "packs": [{"pack_id": p.pack_id, "members": [list(m.index) for m in p.members],
-                       "padded_width": p.padded_width, "padded_n_train": p.padded_n_train,
-                       "depth": p.depth, "status": "pending"} for p in plan.packs],
-        }
-        _atomic_json(os.path.join(workdir, MANIFEST), manifest)
+    num_devices = 1 if mesh is None else mesh.devices.size
+    plan = ens.plan(config, in_size, out_size, num_devices=num_devices)
+    mine = shard_packs(plan, shard)
+    primary = jax.process_index() == 0
+    multi = jax.process_count() > 1
+    spec_members = spec_rep = None
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+
+        spec_members, spec_rep = P(mesh.axis_names[0]), P()
+
+    def sync(name):
+        if multi:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(name)
+
+    def stop_requested() -> bool:
+        flag = bool(should_stop()) if should_stop is not None else False
+        if multi:
+            from jax.experimental import multihost_utils
+            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return flag
+
+    lock = workdir_lock(workdir, shard) if primary else contextlib.nullcontext()
+    with lock:
+        if primary:
+            manifest = {
+                "config": config.to_dict(), "fingerprint": config.fingerprint(),
+                "efficiency": plan.efficiency, "num_devices": num_devices,
+                "packs": [{"pack_id": p.pack_id, "members": [list(m.index) for m in p.members],
+                           "padded_width": p.padded_width, "padded_n_train": p.padded_n_train,
+                           "depth": p.depth} for p in plan.packs],
+            }
+            old = read_manifest(workdir)
+            if old is None or old.get("packs") != manifest["packs"]:
+                _atomic_json(os.path.join(workdir, MANIFEST), manifest)
+            os.makedirs(os.path.join(workdir, "packs"), exist_ok=True)
         log(f"sweep {config.name!r}: {config.num_members} members on {config.dataset} "
-            f"({len(data.y_train)} train / {len(data.y_test)} test), {config.epochs} epochs\n"
-            + plan.describe())
+            f"({len(data.y_train)} train / {len(data.y_test)} test), {config.epochs} epochs, "
+            f"{num_devices} device(s), {jax.process_count()} process(es)"
+            + (f", share {shard[0]}/{shard[1]}: {len(mine)} of {len(plan.packs)} packs" if shard[1] > 1 else "")
+            + "\n" + plan.describe())
         snap = config.n_test * out_size if (config.ntk_every and config.ntk_snapshots) else 0
-        store = ResultsStore(os.path.join(workdir, "results"), config, snapshot_size=snap)
+        root = os.path.join(workdir, "results")
+        if primary:
+            store = ResultsStore(root, config, snapshot_size=snap)
+        sync("ntkbench-store-created")
+        if not primary:
+            store = ResultsStore(root, config, snapshot_size=snap)
         test_idx = ntk_test_indices(config, data)
         record_fn = record_init = None
         if make_record is not None and config.ntk_every > 0:
             record_fn, record_init = make_record(config, out_size)
-        programs: dict[tuple, PackProgram] = {}
+        program = PackProgram(config, record_fn, record_init)
         start = time.perf_counter()
-        total = config.num_members * config.epochs
+        total = sum(p.num_members for p in mine) * config.epochs
         done_member_epochs = 0
-        for pack in plan.packs:
-            status = manifest["packs"][pack.pack_id]
+
+        def set_status(pack, **fields):
+            if primary:
+                st = read_pack_status(workdir, pack.pack_id)
+                st.update(fields, updated=time.time())
+                _atomic_json(_pack_status_path(workdir, pack.pack_id), st)
+
+        for pack in mine:
+            status = read_pack_status(workdir, pack.pack_id)
             if status["status"] == "done":
                 done_member_epochs += pack.num_members * config.epochs
                 continue
-            status.update(status="running", started=time.time())
-            _atomic_json(os.path.join(workdir, MANIFEST), manifest)
             t_pack = time.perf_counter()
-            program = programs.setdefault("all", PackProgram(config, record_fn, record_init))
-            model = build_models(config, pack, in_size, data.input_shape, out_size)
-            pdata = build_data(config, pack, data, test_idx)
-            state = program.init_state(model)
+            slots = math.ceil(pack.num_members / num_devices) * num_devices
+            members = pack.members + (pack.members[-1],) * (slots - pack.num_members)
+            padded = dataclasses.replace(pack, members=members)
+            model = build_models(config, padded, in_size, data.input_shape, out_size)
+            pdata = build_data(config, padded, data, test_idx)
+            shared = ("x", "y", "x_test", "y_test")
+            pdata = pdata._replace(
+                **{k: _put(getattr(pdata, k), mesh, spec_rep) for k in shared},
+                **{k: _put(getattr(pdata, k), mesh, spec_members)
+                   for k in pdata._fields if k not in shared})
+            state = _put_state(program.init_state(model), mesh, spec_members, spec_rep)
             indices = [m.index for m in pack.members]
-            epoch = 0
-            while epoch < config.epochs:
-                steps = min(config.chunk_epochs, config.epochs - epoch)
-                state, out = program.train_chunk(pdata, state, steps)
-                out = jax.device_get(out)
-                store.write_records(indices, epoch, out)
-                epoch += steps
-                store.commit(indices, epoch - 1, np.asarray(state.diverged))
-                done_member_epochs += pack.num_members * steps
-                elapsed = time.perf_counter() - start
-                rate = done_member_epochs / max(elapsed, 1e-9)
-                log(f"pack {pack.pack_id + 1}/{len(plan.packs)} (width<= {pack.padded_width}, "
-                    f"{pack.num_members} members) epoch {epoch}/{config.epochs} | "
-                    f"{rate:,.0f} member-epochs/s | ETA {_fmt_time((total - done_member_epochs) / rate)}")
-            out, state = program.evaluate(pdata, state)
-            out = jax.device_get(out)
-            store.write_records(indices, config.epochs, {k: v[None] for k, v in out.items()})
-            if snap and record_fn is not None:
-                rec = jax.device_get(state.record)
-                for which, mats in (("init", rec.init_ntk), ("best", rec.best_ntk),
-                                    ("final", rec.last_ntk)):
-                    store.write_snapshot(indices, which, mats)
-            store.commit(indices, config.epochs, np.asarray(state.diverged))
-            status.update(status="done", finished=time.time(), seconds=time.perf_counter() - t_pack,
-                          epochs_done=config.epochs)
-            _atomic_json(os.path.join(workdir, MANIFEST), manifest)
+            ckpt_dir = os.path.join(workdir, "checkpoints", f"pack_{pack.pack_id:04d}")
+            with PackCheckpointer(ckpt_dir, max_to_keep=2,
+                                  save_every_epochs=config.checkpoint_every_epochs,
+                                  save_every_minutes=config.checkpoint_every_minutes) as ckpt:
+                found = ckpt.restore_latest(state)
+                epoch = 0
+                if found is not None:
+                    epoch, state, _ = found
+                    log(f"pack {pack.pack_id}: resuming from the checkpoint at epoch {epoch}")
+                set_status(pack, status="running", started=status.get("started", time.time()),
+                           epochs_done=epoch)
+                while epoch < config.epochs:
+                    steps = min(config.chunk_epochs - epoch % config.chunk_epochs,
+                                config.epochs - epoch)
+                    state, out = program.train_chunk(pdata, state, steps)
+                    _write(store, indices, epoch, out, state.diverged, epoch + steps - 1,
+                           pack.num_members)
+                    epoch += steps
+                    done_member_epochs += pack.num_members * steps
+                    stop = stop_requested()
+                    if ckpt.should_save(epoch, force=stop):
+                        ckpt.save(epoch, state)
+                        set_status(pack, last_checkpoint_epoch=epoch, last_checkpoint_time=time.time())
+                    set_status(pack, epochs_done=epoch)
+                    elapsed = time.perf_counter() - start
+                    rate = done_member_epochs / max(elapsed, 1e-9)
+                    log(f"pack {pack.pack_id + 1}/{len(plan.packs)} (width<= {pack.padded_width}, "
+                        f"{pack.num_members} members) epoch {epoch}/{config.epochs} | "
+                        f"{rate:,.0f} member-epochs/s | ETA "
+                        f"{_fmt_time((total - done_member_epochs) / max(rate, 1e-9))}")
+                    if stop:
+                        ckpt.wait()
+                        set_status(pack, status="interrupted")
+                        raise Interrupted(
+                            f"interrupted at epoch {epoch} of pack {pack.pack_id}; checkpoint "
+                            f"written. Rerun the same command to resume.")
+                out, state = program.evaluate(pdata, state)
+                out = jax.tree.map(lambda v: v[None], out)
+                _write(store, indices, config.epochs, out, None, None, pack.num_members)
+                if snap and record_fn is not None:
+                    rec = {"init": state.record.init_ntk, "best": state.record.best_ntk,
+                           "final": state.record.last_ntk}
+                    for rows, mats in _local_rows(rec, 0, pack.num_members):
+                        for which, m in mats.items():
+                            store.write_snapshot([indices[j] for j in rows], which, m)
+                _commit(store, indices, config.epochs, state.diverged, pack.num_members)
+                ckpt.wait()
+            sync(f"ntkbench-pack-{pack.pack_id}-done")
+            if primary:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)  # results are complete; free the disk
+            set_status(pack, status="done", finished=time.time(), epochs_done=config.epochs,
+                       seconds=time.perf_counter() - t_pack)
         seconds = time.perf_counter() - start
     return SweepResult(workdir, plan, seconds, total)
+
+
+def _put_state(state, mesh, spec_members, spec_rep):
+    """Shard every leaf with a leading member axis; replicate scalars (the epoch counter)."""
+    if mesh is None:
+        return state
+    arrays, static = eqx.partition(state, eqx.is_array)
+    placed = jax.tree.map(
+        lambda x: _put(x, mesh, spec_rep if x.ndim == 0 else spec_members), arrays)
+    return eqx.combine(placed, static)
+
+
+def _write(store, indices, start, out, diverged, committed, num_real):
+    """Write this process's member rows of `out` (name -> (T, m)); then commit them."""
+    for rows, values in _local_rows(out, 1, num_real):
+        store.write_records([indices[j] for j in rows], start, values)
+    if committed is not None:
+        _commit(store, indices, committed, diverged, num_real)
+
+
+def _commit(store, indices, epochs_done, diverged, num_real):
+    for rows, div in _local_rows(diverged, 0, num_real):
+        store.commit([indices[j] for j in rows], epochs_done, div)
 
 
 def summary_table(ds) -> str:
@@ -286,4 +507,32 @@ def summary_table(ds) -> str:
                      + f"  {float(f.mean()):.4f} ± {float(f.std()):.4f}"
                      + f"   {float(b.mean()):.4f} ± {float(b.std()):.4f}"
                      + f"   {float(a.mean()):.3f}")
+    return "\n".join(lines)
+
+
+def status_table(workdir: str, manifest: dict) -> str:
+    """Progress per pack: status, epochs done, rate, ETA and the age of the last checkpoint."""
+    epochs = manifest["config"]["epochs"]
+    now = time.time()
+    lines = [f"{'pack':>4} {'status':11} {'members':>7} {'width<=':>7} {'epochs':>11} "
+             f"{'m-epochs/s':>10} {'ETA':>8} {'last ckpt':>12}"]
+    total_left = total_rate = 0.0
+    for p in manifest["packs"]:
+        st = read_pack_status(workdir, p["pack_id"])
+        done = st.get("epochs_done", 0)
+        members = len(p["members"])
+        rate = eta = ""
+        if st.get("started") and done and st["status"] != "done":
+            r = members * done / max(st.get("updated", now) - st["started"], 1e-9)
+            rate, eta = f"{r:,.0f}", _fmt_time(members * (epochs - done) / r)
+            total_rate = max(total_rate, r)
+        if st["status"] != "done":
+            total_left += members * (epochs - done)
+        ck = st.get("last_checkpoint_time")
+        age = f"{_fmt_time(now - ck)} ago" if ck and st["status"] != "done" else "-"
+        lines.append(f"{p['pack_id']:>4} {st['status']:11} {members:>7} {p['padded_width']:>7} "
+                     f"{done:>5}/{epochs:<5} {rate:>10} {eta:>8} {age:>12}")
+    if total_rate and total_left:
+        lines.append(f"remaining: {total_left:,.0f} member-epochs, about {_fmt_time(total_left / total_rate)} "
+                     "at the latest pack's rate")
     return "\n".join(lines)

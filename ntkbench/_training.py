@@ -38,7 +38,7 @@ class PackData(NamedTuple):
     y_test: Int[Array, " t"]
     x_member: Float[Array, "m n d"] | None  # per-member inputs when they differ from x[idx]
                                              # (noise-scaling axis), else None
-    shuffle_key: PRNGKeyArray  # (m,) keys for the minibatch order
+    shuffle_key: Array  # (m, ...) raw key data (`jax.random.key_data`) of the minibatch order
 
 
 class PackState(eqx.Module):
@@ -174,7 +174,8 @@ class PackProgram:
             n = m_idx.shape[0]
             b = cfg.batch_size
             steps = -(-n // b)
-            perm = jax.random.permutation(jax.random.fold_in(m_key, epoch), n)
+            key = jax.random.wrap_key_data(m_key)
+            perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
             perm = jnp.concatenate([perm, jnp.full((steps * b - n,), -1, perm.dtype)]).reshape(steps, b)
 
             def step(carry, p):
