@@ -45,8 +45,8 @@ exits, or the last save may be lost.
 Multi-host: every process calls every method (`should_save`, `save`, `restore_latest`, `wait`,
 `close`) at the same points with the same arguments, since they contain barriers and collective
 agreements; `directory` must be on a filesystem that all hosts see. The time criterion of
-`should_save` (process 0's clock) and the corruption verdict of `restore_latest` are agreed
-across processes, so all of them save, skip and restore the same epochs. Every array leaf must be
+`should_save` (process 0's clock), its `force` (True on any process forces all) and the
+corruption verdict of `restore_latest` are agreed across processes, so all of them save, skip and restore the same epochs. Every array leaf must be
 a global array: place scalars and replicated leaves on the mesh too (e.g. `eqx.filter_shard(x,
 NamedSharding(mesh, P()))`); `save` rejects process-local leaves.
 """
@@ -183,11 +183,13 @@ def _all_processes_agree(flag: bool) -> bool:
     return bool(np.all(flags))
 
 
-def _process_zero_decides(flag: bool) -> bool:
-    """Process 0's `flag` on every process (a collective when there are several)."""
+def _agree_on_save(force: bool, due: bool) -> tuple[bool, bool]:
+    """`(force on any process, due on process 0)`: one collective when there are several."""
     if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+        return force, due
+    flags = np.asarray(multihost_utils.process_allgather(np.asarray([force, due], np.int32)))
+    flags = flags.reshape(jax.process_count(), 2)
+    return bool(flags[:, 0].any()), bool(flags[0, 1])
 
 
 def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
@@ -306,21 +308,19 @@ class PackCheckpointer:
 
         Returns:
             False if a checkpoint of `epoch` or a later one already exists; otherwise True when
-            `force`, when `epoch` is a multiple of `save_every_epochs`, or when
+            `force` (on any process), when `epoch` is a multiple of `save_every_epochs`, or when
             `save_every_minutes` have passed since the last save (process 0's clock decides).
+            Every process gets the same answer.
         """
         epoch = int(epoch)
         latest = self._mngr.latest_step()
         if latest is not None and epoch <= latest:
             return False
-        if force:
-            return True
-        if self._save_every_epochs and epoch % self._save_every_epochs == 0:
-            return True
-        if self._save_every_seconds:
-            due = self._clock() - self._last_save_time >= self._save_every_seconds
-            return _process_zero_decides(due)
-        return False
+        elapsed = self._clock() - self._last_save_time
+        due = bool(self._save_every_seconds) and elapsed >= self._save_every_seconds
+        force, due = _agree_on_save(bool(force), due)
+        by_epochs = bool(self._save_every_epochs) and epoch % self._save_every_epochs == 0
+        return force or by_epochs or due
 
     def save(self, epoch: int, state, *, extra: Mapping[str, Any] | None = None) -> None:
         """Starts saving `state` as the checkpoint of `epoch` (async: see the module docstring).
