@@ -138,7 +138,8 @@ class ResultsStore:
                     done = self.epochs_done(index)
                     if done >= start:
                         n = min(done - start + 1, t)
-                        old = target[:n].read().result()
+                        # Tensorstore views keep absolute coordinates: index from `start`.
+                        old = self.arrays[name][index + (slice(start, start + n),)].read().result()
                         if not np.array_equal(old, arr[:n, j], equal_nan=True):
                             raise ResultsError(
                                 f"Refusing to overwrite committed records {start}..{start + n - 1} "
