@@ -59,14 +59,18 @@ SUMMARY_VARIABLES = (
 
 # ----------------------------------------------------------------------------- dataset helpers
 def sweep_axes(ds: xr.Dataset) -> tuple[str, ...]:
-    """The sweep dimensions of `ds`: every dimension but `epoch`, canonical ones first.
+    """The sweep dimensions of `ds`: the dimensions of its losses but `epoch`, canonical first.
+
+    Dimensions that only some variables have (`layer` of the per-layer records, `row`/`col` of
+    NTK snapshots) are not sweep axes.
 
     Example:
         >>> ds = xr.Dataset({"train_loss": (("seed", "width", "epoch"), np.ones((2, 3, 4)))})
         >>> sweep_axes(ds)
         ('width', 'seed')
     """
-    dims = [d for d in ds.dims if d != "epoch"]
+    source = next((ds[v].dims for v in ("test_loss", "train_loss") if v in ds), tuple(ds.dims))
+    dims = [d for d in source if d != "epoch"]
     return tuple([a for a in SWEEP_AXES if a in dims] + [d for d in dims if d not in SWEEP_AXES])
 
 

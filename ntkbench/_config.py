@@ -224,6 +224,8 @@ def validate(c: SweepConfig) -> None:
            f"config.ntk_method={c.ntk_method!r} is unknown; choose auto, structured, implicit or jacobian.")
     _check(0 < c.min_pack_efficiency <= 1, "config.min_pack_efficiency must lie in (0, 1].")
     _check(c.checkpoint_every_minutes >= 0, "config.checkpoint_every_minutes must be >= 0.")
+    _check(not (c.layer_ntks and c.model != "mlp"),
+           "config.layer_ntks needs dense layers (model='mlp'); set --config.layer_ntks=false.")
     if c.model == "cnn":
         _check(c.widths == (c.widths[0],) and c.depth == (c.depth[0],),
                "config.model='cnn' has a fixed architecture: set one width and one depth "

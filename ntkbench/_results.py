@@ -33,6 +33,9 @@ PER_RECORD = (
     "eigvec_misalignment",
 )
 SNAPSHOTS = ("init", "best", "final")
+#: Per-layer records (with `layer_ntks`), over `(*axes, epoch, layer)`; layers past a member's
+#: depth + 1 read NaN.
+LAYER_RECORD = ("layer_ntk_trace", "layer_ntk_erank", "layer_ck_trace", "layer_ck_erank")
 
 
 class ResultsError(RuntimeError):
@@ -64,7 +67,8 @@ class ResultsStore:
         snapshot_size: `M = n_test * num_classes` of the NTK snapshots, or 0 for none.
     """
 
-    def __init__(self, root: str, config: SweepConfig, snapshot_size: int = 0):
+    def __init__(self, root: str, config: SweepConfig, snapshot_size: int = 0,
+                 num_layers: int = 0):
         self.root = root
         self.config = config
         self.grid = config.grid_shape
@@ -80,6 +84,10 @@ class ResultsStore:
         for name in PER_RECORD:
             self.arrays[name] = self._open(name, self.grid + (self.num_records,), dims, "float32",
                                            float("nan"), ones + (self.num_records,))
+        for name in LAYER_RECORD if num_layers else ():
+            self.arrays[name] = self._open(
+                name, self.grid + (self.num_records, num_layers), dims + ("layer",), "float32",
+                float("nan"), ones + (self.num_records, num_layers))
         self.arrays["diverged"] = self._open("diverged", self.grid, AXES, "uint8", 0, ones)
         self.arrays["epochs_done"] = self._open("epochs_done", self.grid, AXES, "int32", -1, ones)
         if snapshot_size:
@@ -125,21 +133,22 @@ class ResultsStore:
         Args:
             member_indices: grid index of each member, in pack order (length m).
             start: first record index.
-            values: name -> array `(T, m)`.
+            values: name -> array `(T, m)`, or `(T, m, L)` for per-layer records.
             verify: refuse (ResultsError) to change a record that is already committed.
         """
         futures = []
         for name, arr in values.items():
             arr = np.asarray(arr, np.float32)
             t = arr.shape[0]
+            extra = (slice(0, arr.shape[2]),) if arr.ndim == 3 else ()
             for j, index in enumerate(member_indices):
-                target = self.arrays[name][index + (slice(start, start + t),)]
+                target = self.arrays[name][index + (slice(start, start + t),) + extra]
                 if verify:
                     done = self.epochs_done(index)
                     if done >= start:
                         n = min(done - start + 1, t)
                         # Tensorstore views keep absolute coordinates: index from `start`.
-                        old = self.arrays[name][index + (slice(start, start + n),)].read().result()
+                        old = self.arrays[name][index + (slice(start, start + n),) + extra].read().result()
                         if not np.array_equal(old, arr[:n, j], equal_nan=True):
                             raise ResultsError(
                                 f"Refusing to overwrite committed records {start}..{start + n - 1} "
@@ -202,7 +211,7 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
     ds = ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore").load()
     done = ds["epochs_done"]
     mask = ds["epoch"] <= done
-    for name in PER_RECORD:
+    for name in PER_RECORD + LAYER_RECORD:
         if name in ds:
             ds[name] = ds[name].where(mask)
     ds["diverged"] = ds["diverged"].astype(bool)

@@ -370,11 +370,13 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             + "\n" + plan.describe())
         snap = config.n_test * out_size if (config.ntk_every and config.ntk_snapshots) else 0
         root = os.path.join(workdir, "results")
+        layers = max(config.depth) + 1 if (config.layer_ntks and config.ntk_every
+                                            and config.model == "mlp") else 0
         if primary:
-            store = ResultsStore(root, config, snapshot_size=snap)
+            store = ResultsStore(root, config, snapshot_size=snap, num_layers=layers)
         sync("ntkbench-store-created")
         if not primary:
-            store = ResultsStore(root, config, snapshot_size=snap)
+            store = ResultsStore(root, config, snapshot_size=snap, num_layers=layers)
         test_idx = ntk_test_indices(config, data)
         record_fn = record_init = None
         if make_record is not None and config.ntk_every > 0:

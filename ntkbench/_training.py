@@ -139,7 +139,8 @@ class PackProgram:
         return jax.lax.cond(do_record, run, skip, state.record)
 
     def _mask_diverged(self, metrics, diverged):
-        return {k: jnp.where(diverged, jnp.nan, v) for k, v in metrics.items()}
+        return {k: jnp.where(diverged.reshape(diverged.shape + (1,) * (v.ndim - 1)), jnp.nan, v)
+                for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ programs
     def _init_state(self, model) -> PackState:

@@ -47,6 +47,25 @@ class RecordCarry(eqx.Module):
     last_ntk: Any
 
 
+#: Per-layer quantities (dimension `layer`, dense layers in forward order), with `layer_ntks`.
+LAYER_NAMES = ("layer_ntk_trace", "layer_ntk_erank", "layer_ck_trace", "layer_ck_erank")
+
+
+def _layer_record(model, x) -> dict:
+    """Trace and effective rank of every layer's NTK part and conjugate kernel (Appendix B.2)."""
+    parts = kernels.layer_ntks(model, x)
+    ntks = jax.vmap(kernels.as_matrix)(parts.ntks)
+    m = ntks.shape[-1]
+    cks = jnp.stack(parts.conjugate_kernels)
+    n = cks.shape[-1]
+    return {
+        "layer_ntk_trace": jnp.trace(ntks, axis1=1, axis2=2) / m,
+        "layer_ntk_erank": jax.vmap(observables.effective_rank)(ntks),
+        "layer_ck_trace": jnp.trace(cks, axis1=1, axis2=2) / n,
+        "layer_ck_erank": jax.vmap(observables.effective_rank)(cks),
+    }
+
+
 def make_record(config: SweepConfig, num_classes: int):
     """`(record_fn, record_init)` for `PackProgram` (see `ntkbench._training`)."""
     snapshots = config.ntk_snapshots
@@ -76,6 +95,8 @@ def make_record(config: SweepConfig, num_classes: int):
             last_ntk=k if snapshots else None,
         )
         out = {RECORD_NAMES[name]: rec[name] for name in RECORD_NAMES}
+        if config.layer_ntks:
+            out.update(_layer_record(model, x))
         return out, new
 
     return record_fn, record_init

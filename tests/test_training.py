@@ -85,3 +85,16 @@ def test_diverged_member_is_frozen_and_isolated():
 def test_mse_loss():
     logits = jnp.array([[1.0, 0.0], [0.0, 0.0]])
     np.testing.assert_allclose(per_sample_loss("mse", logits, jnp.array([0, 1])), [0.0, 0.5])
+
+
+def test_layer_records_sum_to_the_trace(tmp_path):
+    from ntkbench import results, sweep
+    from ntkbench.recording import make_record
+
+    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "epochs": 5, "layer_ntks": True,
+                              "widths": (6,), "num_seeds": 1, "ntk_every": 5})
+    sweep.run_sweep(c, str(tmp_path / "w"), log=lambda s: None, make_record=make_record)
+    ds = results.load(str(tmp_path / "w"))
+    parts = ds["layer_ntk_trace"].sum("layer", skipna=False)
+    np.testing.assert_allclose(parts.values, ds["ntk_trace"].values, rtol=1e-5)
+    assert ds["layer_ck_erank"].sizes["layer"] == c.depth[0] + 1

@@ -1,0 +1,55 @@
+"""Checkpoint overhead on the quick preset: epochs/s with and without checkpoints.
+
+    python benchmarks/bench_checkpoint.py [--epochs=100] [--chunk_epochs=10]
+
+Runs the quick preset's sweep (same members, NTK records included) in one process:
+1. never checkpointing, and checkpointing at every chunk (`chunk_epochs` epochs; saves happen at
+   chunk boundaries, where the state leaves the compiled scan);
+2. with `chunk_epochs=1`, never vs every epoch (the worst case: one save per epoch).
+Each run is timed end to end (compile included; it is the same for both runs of a pair) and the
+overhead `t_ckpt / t_never - 1` is printed per pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+from absl import app, flags
+
+from ntkbench import config as cfg
+from ntkbench.recording import make_record
+from ntkbench.sweep import run_sweep
+
+_EPOCHS = flags.DEFINE_integer("epochs", 100, "Epochs of the quick preset to run.")
+_CHUNK = flags.DEFINE_integer("chunk_epochs", 10, "Epochs per compiled chunk for pair 1.")
+
+
+def _time(config) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        run_sweep(config, d, log=lambda s: None, make_record=make_record)
+        return time.perf_counter() - t0
+
+
+def main(argv):
+    del argv
+    base = cfg.from_config_dict(cfg.get_config("quick"))
+    base = dataclasses.replace(base, epochs=_EPOCHS.value, checkpoint_every_minutes=0.0)
+    member_epochs = base.num_members * base.epochs
+    print(f"quick preset, {base.num_members} members x {base.epochs} epochs, NTK every "
+          f"{base.ntk_every} epochs")
+    _time(dataclasses.replace(base, epochs=2, chunk_epochs=1, checkpoint_every_epochs=0))  # warm caches
+    for chunk in (_CHUNK.value, 1):
+        never = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=0)
+        every = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=chunk)
+        t_never, t_every = _time(never), _time(every)
+        print(f"chunk_epochs={chunk:3d}: never {member_epochs / t_never:8,.0f} member-epochs/s "
+              f"({t_never:.1f}s) | checkpoint every {chunk} epoch(s) "
+              f"{member_epochs / t_every:8,.0f} member-epochs/s ({t_every:.1f}s) | overhead "
+              f"{t_every / t_never - 1:+.1%}")
+
+
+if __name__ == "__main__":
+    app.run(main)
