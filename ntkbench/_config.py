@@ -49,6 +49,7 @@ class SweepConfig:
     noise: tuple[float, ...] = (0.0,)
     noise_std: float = 0.01
     n_test: int = 128
+    ntk_test_draws: int = 1
     epochs: int = 300
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -211,7 +212,7 @@ def validate(c: SweepConfig) -> None:
     _check(all(d > 0 for d in c.depth), f"config.depth={c.depth} must all be positive.")
     _check(all(n > 0 for n in c.n_train), f"config.n_train={c.n_train} must all be positive.")
     _check(all(0.0 <= f < 1.0 for f in c.noise), f"config.noise={c.noise} must lie in [0, 1).")
-    for name in ("num_seeds", "num_data_draws", "epochs", "n_test", "chunk_epochs",
+    for name in ("num_seeds", "num_data_draws", "epochs", "n_test", "ntk_test_draws", "chunk_epochs",
                  "max_packs_per_group", "pack_memory_mb"):
         _check(getattr(c, name) > 0, f"config.{name}={getattr(c, name)} must be positive.")
     for name in ("ntk_every", "batch_size", "checkpoint_every_epochs", "seed"):
@@ -287,7 +288,7 @@ def paper_noise_scaling() -> ml_collections.ConfigDict:
     """Paper §D noise scaling: CIFAR-4, dense 3x256 (Xavier), SGD lr 1e-3, momentum 0.9, batch 128."""
     return _base(name="paper_noise_scaling", dataset="cifar4", model="mlp", init="xavier_uniform",
                  widths=(256,), depth=(3,), num_seeds=5, n_train=(2000,),
-                 noise=(0.0, 0.1, 0.2, 0.4, 0.6, 0.8), n_test=400, epochs=1000,
+                 noise=(0.0, 0.1, 0.2, 0.4, 0.6, 0.8), n_test=400, ntk_test_draws=3, epochs=1000,
                  optimizer="sgd", lr=1e-3, momentum=0.9, batch_size=128, ntk_every=50,
                  chunk_epochs=50)
 

@@ -141,8 +141,8 @@ def member_bytes(config: SweepConfig, in_size: int, out_size: int, width: int, d
     """Rough device memory of one member in a pack (params, Adam moments, activations, NTK)."""
     params = in_size * width + (depth - 1) * width * width + width * out_size + depth * width
     m = config.n_test * out_size if config.ntk_every > 0 else 0
-    ntk = 5 * m * m  # K, its normalization, eigenvectors now and before, one snapshot
-    acts = 3 * (n_train + config.n_test) * width * depth
+    ntk = (4 + config.ntk_test_draws) * m * m  # K, its normalization, eigenvectors, snapshots
+    acts = 3 * (n_train + config.n_test * config.ntk_test_draws) * width * depth
     return 4.0 * (5 * params + acts + ntk)
 
 

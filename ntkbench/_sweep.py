@@ -46,10 +46,10 @@ def check_data(config: SweepConfig, data: Dataset) -> None:
         raise ConfigError(
             f"config.n_train={max(config.n_train)} is larger than the {n_avail} training samples "
             f"of {config.dataset!r}; use --config.n_train <= {n_avail}.")
-    if config.n_test > t_avail:
+    if config.n_test * config.ntk_test_draws > t_avail:
         raise ConfigError(
-            f"config.n_test={config.n_test} is larger than the {t_avail} test samples of "
-            f"{config.dataset!r}; use --config.n_test <= {t_avail}.")
+            f"config.n_test={config.n_test} x ntk_test_draws={config.ntk_test_draws} is larger "
+            f"than the {t_avail} test samples of {config.dataset!r}; lower --config.n_test.")
     if config.model == "cnn" and min(data.input_shape[:2]) < 8:
         raise ConfigError(
             f"config.model='cnn' needs images of at least 8x8; {config.dataset!r} has "
@@ -177,8 +177,10 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
 
 
 def ntk_test_indices(config: SweepConfig, data: Dataset) -> np.ndarray:
-    """The fixed NTK/test set: `n_test` test samples drawn once from the sweep seed."""
-    return np.asarray(draw_indices(ens.test_set_key(config), jnp.asarray(data.y_test), config.n_test))
+    """The fixed NTK/test set: `ntk_test_draws` disjoint draws of `n_test` test samples, drawn
+    once from the sweep seed (concatenated, draw-major)."""
+    return np.asarray(draw_indices(ens.test_set_key(config), jnp.asarray(data.y_test),
+                                   config.n_test * config.ntk_test_draws))
 
 
 # ----------------------------------------------------------------------------- running

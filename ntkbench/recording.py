@@ -36,10 +36,10 @@ RECORD_NAMES = {
 
 
 class RecordCarry(eqx.Module):
-    """Per-member state of the record step (stacked over the pack)."""
+    """Per-member state of the record step (stacked over the pack); `d` = `ntk_test_draws`."""
 
-    eigvecs: Float[Array, "m m"]
-    erank: Float[Array, ""]
+    eigvecs: Float[Array, "d m m"]
+    erank: Float[Array, " d"]
     best_loss: Float[Array, ""]
     started: Bool[Array, ""]
     init_ntk: Any  # (m, m) or None without snapshots
@@ -72,22 +72,36 @@ def make_record(config: SweepConfig, num_classes: int):
     size = config.n_test * num_classes
     method = config.ntk_method
 
+    draws = config.ntk_test_draws
+
     def record_init(model, _) -> RecordCarry:
         del model
         z = jnp.zeros((size, size), jnp.float32)
         return RecordCarry(
-            eigvecs=z, erank=jnp.asarray(jnp.nan, jnp.float32),
+            eigvecs=jnp.zeros((draws, size, size), jnp.float32),
+            erank=jnp.full((draws,), jnp.nan, jnp.float32),
             best_loss=jnp.asarray(jnp.inf, jnp.float32), started=jnp.asarray(False),
             init_ntk=z if snapshots else None, best_ntk=z if snapshots else None,
             last_ntk=z if snapshots else None)
 
-    def record_fn(model, x, y, carry: RecordCarry, test_loss) -> tuple[dict, RecordCarry]:
+    def one_draw(model, x, y, eigvecs, erank):
         k = kernels.as_matrix(kernels.ntk(model, x, method=method))
         y_onehot = jax.nn.one_hot(y, num_classes, dtype=k.dtype)
-        rec = observables.spectral_record(k, y_onehot, carry.eigvecs, carry.erank)
+        return k, observables.spectral_record(k, y_onehot, eigvecs, erank)
+
+    def record_fn(model, x, y, carry: RecordCarry, test_loss) -> tuple[dict, RecordCarry]:
+        # The test set is `draws` disjoint draws of n_test samples; every NTK quantity is the mean
+        # over the draws (SPEC.md §10 noise scaling: 3 draws of 400), snapshots are of draw 0.
+        xs = x.reshape((draws, -1) + x.shape[1:])
+        ys = y.reshape(draws, -1)
+        ks, recs = jax.vmap(one_draw, in_axes=(None, 0, 0, 0, 0))(model, xs, ys, carry.eigvecs,
+                                                                    carry.erank)
+        k = ks[0]
+        rec = {name: (v if name == "eigvecs" else jnp.mean(v, axis=0)) for name, v in recs.items()}
+        rec["erank_per_draw"] = recs["erank"]
         better = test_loss < carry.best_loss
         new = RecordCarry(
-            eigvecs=rec["eigvecs"], erank=rec["erank"],
+            eigvecs=rec["eigvecs"], erank=rec["erank_per_draw"],
             best_loss=jnp.where(better, test_loss, carry.best_loss),
             started=jnp.asarray(True),
             init_ntk=jnp.where(carry.started, carry.init_ntk, k) if snapshots else None,
@@ -96,7 +110,7 @@ def make_record(config: SweepConfig, num_classes: int):
         )
         out = {RECORD_NAMES[name]: rec[name] for name in RECORD_NAMES}
         if config.layer_ntks:
-            out.update(_layer_record(model, x))
+            out.update(_layer_record(model, xs[0]))
         return out, new
 
     return record_fn, record_init

@@ -98,3 +98,22 @@ def test_layer_records_sum_to_the_trace(tmp_path):
     parts = ds["layer_ntk_trace"].sum("layer", skipna=False)
     np.testing.assert_allclose(parts.values, ds["ntk_trace"].values, rtol=1e-5)
     assert ds["layer_ck_erank"].sizes["layer"] == c.depth[0] + 1
+
+
+def test_ntk_quantities_average_over_test_draws():
+    """SPEC.md §10 noise scaling: NTK quantities are means over draws of the test set."""
+    from ntkbench import kernels, observables
+    from ntkbench.models import MLP
+    from ntkbench.recording import make_record
+
+    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "n_test": 6, "ntk_test_draws": 2})
+    record_fn, record_init = make_record(c, 3)
+    model = MLP(5, 3, 7, 2, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (12, 5))
+    y = jnp.arange(12) % 3
+    out, carry = record_fn(model, x, y, record_init(model, None), jnp.asarray(1.0))
+    eranks = [observables.effective_rank(kernels.as_matrix(kernels.ntk(model, x[i * 6:(i + 1) * 6])))
+              for i in range(2)]
+    np.testing.assert_allclose(out["ntk_erank"], np.mean(eranks), rtol=1e-5)
+    np.testing.assert_allclose(carry.erank, eranks, rtol=1e-5)
+    np.testing.assert_allclose(carry.init_ntk, kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)

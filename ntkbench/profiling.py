@@ -1,0 +1,332 @@
+"""Profile the NTK kernels on the paper's MLP: time, throughput, FLOP rate and memory.
+
+`run_profile` builds the paper's dense net (784 inputs, `depth` hidden ReLU layers, 10 logits;
+SPEC.md §9-10) at each width and times, on `n` random inputs:
+
+- every NTK method of `ntkbench.kernels` (jit warm-up excluded, median of `repeats`,
+  `block_until_ready`), with the FLOPs of XLA's cost analysis of the compiled program, the
+  achieved GFLOP/s, XLA's memory estimate of the program, and the speedup over `jacobian`;
+- `ntk_trace` (SPEC.md §2 trace without the NTK) against the full structured NTK;
+- a pack of `pack_size` members, one vmapped call against `pack_size` single calls;
+- a large float32 matmul at full precision, the machine's reference rate (`peak`), measured in
+  the same run so that `%peak` compares like with like on a shared or throttled machine.
+
+Methods whose memory estimate exceeds the limit are reported as "skipped (memory)" and never run.
+
+`format_table(rows)` renders the rows; `benchmarks/bench_kernels.py` and the CLI print it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import PRNGKeyArray
+
+from ntkbench import kernels
+from ntkbench.models import MLP
+
+COLUMNS = (
+    "width",
+    "case",
+    "status",
+    "time_s",
+    "ntk_per_s",
+    "gflop",
+    "gflop_per_s",
+    "frac_peak",
+    "mem_mib",
+    "speedup",
+    "note",
+)
+"""Keys of every row `run_profile` returns (missing values are None).
+
+- `case`: a method name, "trace", "pack_vmap", "pack_loop" or "matmul_peak".
+- `time_s`: median seconds per call; `ntk_per_s`: NTKs (or traces) per second.
+- `gflop`: XLA cost-analysis FLOPs of one call / 1e9; `gflop_per_s`: `gflop / time_s`.
+- `frac_peak`: `gflop_per_s` over the matmul rate of the same run.
+- `mem_mib`: XLA's memory estimate of the compiled program (arguments + outputs + temporaries).
+- `speedup`: time of the reference case over this case (`jacobian` for methods, the full
+  structured NTK for `trace`, `pack_loop` for `pack_vmap`).
+"""
+
+
+def _median_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # warm-up (compilation is done before)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend offers it
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    if not ca or "flops" not in ca:
+        return None
+    return float(ca["flops"])
+
+
+def _memory_bytes(compiled) -> int | None:
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if ma is None:
+        return None
+    return int(
+        ma.argument_size_in_bytes
+        + ma.output_size_in_bytes
+        + ma.temp_size_in_bytes
+        - ma.alias_size_in_bytes
+    )
+
+
+def default_memory_limit() -> int:
+    """90% of the accelerator's memory (`memory_stats()["bytes_limit"]`), else half the host RAM."""
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(0.9 * stats["bytes_limit"])
+    try:
+        return int(0.5 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def matmul_peak(size: int | None = None, repeats: int = 5) -> dict:
+    """Rate of a large float32 matmul at full precision: the reference for `frac_peak`."""
+    if size is None:
+        size = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    fn = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    compiled = fn.lower(a, b).compile()
+    t = _median_time(lambda: compiled(a, b), repeats)
+    gflop = 2.0 * size**3 / 1e9
+    return _row(None, "matmul_peak", "ok", t, gflop=gflop, note=f"{size}x{size} f32 HIGHEST")
+
+
+def _row(width, case, status, t=None, *, gflop=None, mem=None, per_call=1, note=None) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(width=width, case=case, status=status, note=note)
+    if t is not None:
+        row["time_s"] = t
+        row["ntk_per_s"] = per_call / t
+        if gflop is not None:
+            row["gflop"] = gflop
+            row["gflop_per_s"] = gflop / t
+    elif gflop is not None:
+        row["gflop"] = gflop
+    if mem is not None:
+        row["mem_mib"] = mem / 2**20
+    return row
+
+
+def _measure(width, case, fn, args, repeats, limit, per_call=1, note=None) -> dict:
+    """Compile `fn(*args)`, skip it if XLA's memory estimate exceeds `limit`, else time it."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    flops = _flops(compiled)
+    mem = _memory_bytes(compiled)
+    gflop = None if flops is None else flops / 1e9
+    if mem is not None and mem > limit:
+        return _row(
+            width, case, "skipped (memory)", gflop=gflop, mem=mem,
+            note=f"estimate {mem / 2**30:.1f} GiB > limit {limit / 2**30:.1f} GiB",
+        )
+    t = _median_time(lambda: compiled(*args), repeats)
+    return _row(width, case, "ok", t, gflop=gflop, mem=mem, per_call=per_call, note=note)
+
+
+def _neural_tangents_row(width, model, x, repeats, limit) -> dict:
+    """neural-tangents' structured-derivatives NTK, if it imports (it needs TensorFlow)."""
+    try:
+        import neural_tangents as nt  # noqa: PLC0415
+    except Exception as e:  # noqa: BLE001
+        return _row(width, "neural_tangents", f"skipped ({type(e).__name__} on import)")
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def apply_fn(p, xb):
+        return jax.vmap(eqx.combine(p, static))(xb)
+
+    try:
+        ntk_fn = nt.empirical_ntk_fn(
+            apply_fn, trace_axes=(), vmap_axes=0,
+            implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES,
+        )
+        return _measure(width, "neural_tangents", lambda p, xb: ntk_fn(xb, None, p),
+                        (params, x), repeats, limit)
+    except Exception as e:  # noqa: BLE001
+        return _row(width, "neural_tangents", f"failed ({type(e).__name__})", note=str(e)[:60])
+
+
+def run_profile(
+    widths: Sequence[int] = (64, 256, 1024),
+    methods: Sequence[str] = ("jacobian", "implicit", "structured"),
+    n: int = 128,
+    depth: int = 3,
+    in_size: int = 784,
+    out_size: int = 10,
+    repeats: int = 5,
+    pack_size: int = 20,
+    compare_neural_tangents: bool = False,
+    *,
+    key: PRNGKeyArray,
+    memory_limit_bytes: int | None = None,
+) -> list[dict]:
+    """Profile the NTK methods on the paper's MLP at each width (see the module docstring).
+
+    Example:
+        >>> rows = run_profile(widths=(8,), n=4, repeats=1, pack_size=2, key=jax.random.key(0))
+        >>> print(format_table(rows))  # doctest: +SKIP
+
+    Args:
+        widths: hidden widths to profile.
+        methods: NTK methods (`ntkbench.kernels.NtkMethod` values) to time.
+        n: number of inputs (the paper: 128).
+        depth: hidden layers (the paper: 3).
+        in_size, out_size: input size and number of logits (MNIST: 784, 10).
+        repeats: timed calls per case (median reported).
+        pack_size: members of the vmapped pack (0 to skip the pack rows).
+        compare_neural_tangents: also time neural-tangents (only if it imports).
+        key: PRNG key for the models and inputs.
+        memory_limit_bytes: skip cases whose XLA memory estimate exceeds this
+            (default: `default_memory_limit()`).
+
+    Returns:
+        A list of rows (dicts with the keys `COLUMNS`): one `matmul_peak` row, then per width one
+        row per method, `trace`, `pack_vmap`, `pack_loop` (and `neural_tangents`).
+    """
+    limit = default_memory_limit() if memory_limit_bytes is None else int(memory_limit_bytes)
+    kx, kmodels = jax.random.split(key)
+    x = jax.random.uniform(kx, (n, in_size), jnp.float32)
+    peak = matmul_peak(repeats=repeats)
+    rows = [peak]
+    for width in widths:
+        kw = jax.random.fold_in(kmodels, width)
+        model = MLP(in_size, out_size, width, depth, key=kw)
+        params, static = eqx.partition(model, eqx.is_array)
+        width_rows = {}
+        for method in methods:
+
+            def full(p, xb, method=method):
+                return kernels.ntk(eqx.combine(p, static), xb, method=method)
+
+            width_rows[method] = _measure(width, method, full, (params, x), repeats, limit)
+        ref = width_rows.get("jacobian")
+        for method, row in width_rows.items():
+            if ref is not None and ref["time_s"] and row["time_s"]:
+                row["speedup"] = ref["time_s"] / row["time_s"]
+            rows.append(row)
+
+        # The SPEC §2 trace from the diagonal, against the full structured NTK.
+        def trace(p, xb):
+            return kernels.ntk_trace(eqx.combine(p, static), xb)
+
+        def structured(p, xb):
+            return kernels.ntk(eqx.combine(p, static), xb, method="structured")
+
+        srow = width_rows.get("structured") or _measure(
+            width, "structured", structured, (params, x), repeats, limit
+        )
+        trow = _measure(width, "trace", trace, (params, x), repeats, limit,
+                        note="ntk_trace vs full structured NTK")
+        if srow["time_s"] and trow["time_s"]:
+            trow["speedup"] = srow["time_s"] / trow["time_s"]
+        rows.append(trow)
+
+        if pack_size:
+            rows.extend(_pack_rows(width, kw, static, x, in_size, out_size, depth, pack_size,
+                                   repeats, limit))
+        if compare_neural_tangents:
+            rows.append(_neural_tangents_row(width, model, x, repeats, limit))
+    for row in rows:
+        if row["gflop_per_s"] is not None and peak["gflop_per_s"]:
+            row["frac_peak"] = row["gflop_per_s"] / peak["gflop_per_s"]
+    return rows
+
+
+def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repeats, limit):
+    """A vmapped pack of structured NTKs against `pack_size` calls of the single-member kernel."""
+    keys = jax.random.split(key, pack_size)
+    pack = eqx.filter_vmap(lambda k: MLP(in_size, out_size, width, depth, key=k))(keys)
+    pack_params, pack_static = eqx.partition(pack, eqx.is_array)
+
+    def vmapped(p, xb):
+        one = lambda m: kernels.ntk(m, xb, method="structured")  # noqa: E731
+        return eqx.filter_vmap(one)(eqx.combine(p, pack_static))
+
+    vrow = _measure(width, "pack_vmap", vmapped, (pack_params, x), repeats, limit,
+                    per_call=pack_size, note=f"{pack_size} members, one vmapped call")
+
+    def single(p, xb):
+        return kernels.ntk(eqx.combine(p, static), xb, method="structured")
+
+    members = [jax.tree.map(lambda a, i=i: a[i], pack_params) for i in range(pack_size)]
+    compiled = jax.jit(single).lower(members[0], x).compile()
+    flops = _flops(compiled)
+    mem = _memory_bytes(compiled)
+    t = _median_time(lambda: [compiled(m, x) for m in members], repeats)
+    lrow = _row(
+        width, "pack_loop", "ok", t, gflop=None if flops is None else pack_size * flops / 1e9,
+        mem=mem, per_call=pack_size, note=f"{pack_size} single calls",
+    )
+    if vrow["time_s"]:
+        vrow["speedup"] = t / vrow["time_s"]
+    return [vrow, lrow]
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    return format(value, spec)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Render `run_profile` rows as an aligned text table (one line per row).
+
+    Example:
+        >>> format_table([]).splitlines()[0].split()[:3]
+        ['width', 'case', 'status']
+    """
+    header = ("width", "case", "status", "time [s]", "NTK/s", "GFLOP", "GFLOP/s", "%peak",
+              "mem [MiB]", "speedup", "note")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            _fmt(r.get("width"), "d"),
+            str(r.get("case")),
+            str(r.get("status")),
+            _fmt(r.get("time_s"), ".4g"),
+            _fmt(r.get("ntk_per_s"), ".4g"),
+            _fmt(r.get("gflop"), ".4g"),
+            _fmt(r.get("gflop_per_s"), ".4g"),
+            _fmt(None if r.get("frac_peak") is None else 100 * r["frac_peak"], ".0f"),
+            _fmt(r.get("mem_mib"), ".1f"),
+            _fmt(r.get("speedup"), ".3g"),
+            r.get("note") or "",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for j, line in enumerate(lines):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
