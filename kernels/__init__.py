@@ -1,1 +1,27 @@
-"""NTK kernels (installed as ntkbench.kernels)."""
+"""Empirical NTK kernels (installed as `ntkbench.kernels`; depends on nothing else of ntkbench).
+
+Conventions (SPEC.md §1-3): a model maps ONE example to `O` logits; the NTK has the rank-4 shape
+`(n1, n2, O, O)` and the matrix form `(n1·O, n2·O)` with row index `i·O + a`; the trace is
+normalized by `N·O`.
+"""
+
+from ._ntk import NtkMethod as NtkMethod
+from ._ntk import as_matrix as as_matrix
+from ._ntk import layer_ntks as layer_ntks
+from ._ntk import ntk as ntk
+from ._ntk import ntk_diagonal as ntk_diagonal
+from ._ntk import ntk_trace as ntk_trace
+from ._ntk import ntk_vp as ntk_vp
+from ._ntk import resolve_method as resolve_method
+from ._protocol import StructuredModel as StructuredModel
+from ._protocol import supports_structured as supports_structured
+from ._structured import LayerNTKs as LayerNTKs
+from ._implicit import ntk_vp_fn as ntk_vp_fn
+from ._slq import SpectralEstimate as SpectralEstimate
+from ._slq import TraceEstimate as TraceEstimate
+from ._slq import cosine_ntk_vp_fn as cosine_ntk_vp_fn
+from ._slq import hutchinson_trace as hutchinson_trace
+from ._slq import hutchpp_trace as hutchpp_trace
+from ._slq import lanczos as lanczos
+from ._slq import slq as slq
+from ._slq import slq_entropy as slq_entropy

@@ -1,0 +1,262 @@
+"""The public NTK entry points: `ntk`, `as_matrix`, `ntk_diagonal`, `ntk_trace`, `ntk_vp`,
+`layer_ntks`, and the method enum."""
+
+from __future__ import annotations
+
+import enum
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from . import _cost
+from ._common import MATMUL_PRECISION, check_inputs, out_size, split
+from ._implicit import ntk_implicit, ntk_vp_fn
+from ._jacobian import diagonal_jacobian, ntk_jacobian
+from ._protocol import num_trainable, supports_structured
+from ._structured import LayerNTKs, diagonal_structured, layer_ntks_structured, ntk_structured
+
+
+class NtkMethod(enum.Enum):
+    """How `ntk` computes the kernel (all are exact; they differ in speed and memory).
+
+    - `JACOBIAN`: per-example `jax.jacrev`, contracted over parameters. Memory `~ N·O·P`.
+    - `IMPLICIT`: NTK-vector products (jvp of vjp over blocks of basis vectors); the Jacobian of
+      `x1` is never formed. Fewer FLOPs than `JACOBIAN` when a forward pass is cheap relative to
+      `O·P` (dense nets), more for weight-sharing layers (convolutions).
+    - `STRUCTURED`: the dense-layer identity of SPEC.md §1 (`StructuredModel` protocol only);
+      orders of magnitude faster for MLPs.
+    - `AUTO`: `STRUCTURED` if the model implements the protocol, else whichever of `JACOBIAN`
+      and `IMPLICIT` a static FLOP count (dots and convolutions of the jaxpr) says is cheaper.
+    """
+
+    AUTO = "auto"
+    JACOBIAN = "jacobian"
+    IMPLICIT = "implicit"
+    STRUCTURED = "structured"
+
+
+_NTK_FNS = {
+    NtkMethod.JACOBIAN: ntk_jacobian,
+    NtkMethod.IMPLICIT: ntk_implicit,
+    NtkMethod.STRUCTURED: ntk_structured,
+}
+
+
+def _parse_method(method: str | NtkMethod) -> NtkMethod:
+    try:
+        return NtkMethod(method)
+    except ValueError:
+        raise ValueError(
+            f"Unknown NTK method {method!r}; choose one of {[m.value for m in NtkMethod]}."
+        ) from None
+
+
+def resolve_method(model, x1: Array, x2: Array | None = None, method="auto") -> NtkMethod:
+    """The concrete method `ntk(model, x1, x2, method=method)` uses (static; no computation).
+
+    Example:
+        >>> resolve_method(MLP(4, 2, width=8, depth=1, key=jax.random.key(0)), jnp.ones((3, 4)))
+        <NtkMethod.STRUCTURED: 'structured'>
+    """
+    method = _parse_method(method)
+    if method is not NtkMethod.AUTO:
+        return method
+    if supports_structured(model):
+        return NtkMethod.STRUCTURED
+    params, f = split(model)
+    o, _ = out_size(f, params, x1)
+    flops = _cost.forward_flops(f, params, x1[0])
+    p = num_trainable(model)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    jac = _cost.jacobian_cost(n1, n2, o, p, flops, symmetric=x2 is None)
+    imp = _cost.implicit_cost(n1, n2, o, p, flops)
+    return NtkMethod.JACOBIAN if jac <= imp else NtkMethod.IMPLICIT
+
+
+def _precise(fn):
+    """Trace `fn` with float32 matmuls at full precision (no TF32 on GPUs)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.default_matmul_precision(MATMUL_PRECISION):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_precise
+def ntk(
+    model,
+    x1: Float[Array, "n1 *d"],
+    x2: Float[Array, "n2 *d"] | None = None,
+    *,
+    method: str | NtkMethod = "auto",
+    block_size: int | None = None,
+) -> Float[Array, "n1 n2 o o"]:
+    """Empirical NTK `Θ[i, j, a, b] = <∂f_a(x1_i)/∂θ, ∂f_b(x2_j)/∂θ>` (SPEC.md §1).
+
+    `θ` are the model's inexact-array leaves (integer/boolean arrays such as padding masks are
+    not parameters). Works under `jax.jit` and `eqx.filter_vmap` over stacked members.
+
+    Example:
+        >>> from ntkbench.models import MLP
+        >>> model = MLP(784, 10, width=64, depth=3, key=jax.random.key(0))
+        >>> ntk(model, jnp.ones((5, 784))).shape
+        (5, 5, 10, 10)
+
+    Args:
+        model: maps ONE example to `(O,)` logits.
+        x1: `(n1, ...)` examples.
+        x2: `(n2, ...)` examples, or None for `x1` (the symmetric NTK; cheaper).
+        method: `"auto"`, `"jacobian"`, `"implicit"` or `"structured"` (see `NtkMethod`).
+        block_size: examples per block; the kernel is then computed tile by tile (`lax.fori_loop`)
+            and at most one block of Jacobian rows (or of basis tangents) is alive. None: in one go.
+
+    Returns:
+        `(n1, n2, O, O)`; use `as_matrix` for the `(n1·O, n2·O)` form.
+    """
+    check_inputs(x1, x2)
+    return _NTK_FNS[resolve_method(model, x1, x2, method)](model, x1, x2, block_size)
+
+
+def as_matrix(k: Float[Array, "n1 n2 o1 o2"]) -> Float[Array, "n1*o1 n2*o2"]:
+    """The `(n1·O, n2·O)` matrix form of a rank-4 NTK, row index `i·O + a` (SPEC.md §1).
+
+    Example:
+        >>> as_matrix(jnp.zeros((3, 4, 2, 2))).shape
+        (6, 8)
+    """
+    if k.ndim != 4:
+        raise ValueError(
+            f"as_matrix takes a rank-4 NTK (n1, n2, O, O), got shape {k.shape}; for a pack of "
+            "members use jax.vmap(as_matrix)."
+        )
+    n1, n2, o1, o2 = k.shape
+    # Two single-merge reshapes (explicit-sharding meshes reject a reshape merging two groups).
+    return jnp.transpose(k, (0, 2, 1, 3)).reshape(n1 * o1, n2, o2).reshape(n1 * o1, n2 * o2)
+
+
+@_precise
+def ntk_diagonal(
+    model,
+    x: Float[Array, "n *d"],
+    *,
+    method: str | NtkMethod = "auto",
+    block_size: int | None = None,
+) -> Float[Array, "n o"]:
+    """`Θ[(i,a),(i,a)] = |∂f_a(x_i)/∂θ|²` for every example and logit, without forming the NTK.
+
+    Structured models use `Σ_l (|h_il|² + [has_bias]) |δ_ial|²` (one forward and O batched
+    reverse passes); other models per-example Jacobians, `block_size` examples at a time.
+
+    Example:
+        >>> from ntkbench.models import MLP
+        >>> ntk_diagonal(MLP(8, 3, width=16, depth=2, key=jax.random.key(0)), jnp.ones((4, 8))).shape
+        (4, 3)
+
+    Args:
+        model: maps ONE example to `(O,)` logits.
+        x: `(n, ...)` examples.
+        method: `"auto"` (structured when supported), `"structured"`, or `"jacobian"`/`"implicit"`
+            (both use per-example squared gradient norms).
+        block_size: examples per block (bounds memory to one block of Jacobian rows).
+
+    Returns:
+        `(n, O)`.
+    """
+    check_inputs(x, None)
+    method = _parse_method(method)
+    if method is NtkMethod.AUTO:
+        method = NtkMethod.STRUCTURED if supports_structured(model) else NtkMethod.JACOBIAN
+    if method is NtkMethod.STRUCTURED:
+        return diagonal_structured(model, x, block_size)
+    return diagonal_jacobian(model, x, block_size)
+
+
+def ntk_trace(
+    model,
+    x: Float[Array, "n *d"],
+    *,
+    method: str | NtkMethod = "auto",
+    block_size: int | None = None,
+) -> Float[Array, ""]:
+    """Normalized NTK trace `T = tr(Θ) / (N·O)`, the mean squared gradient norm (SPEC.md §2).
+
+    Computed from `ntk_diagonal` without forming the NTK. Multiply by `N·O` for the plain sum.
+
+    Example:
+        >>> from ntkbench.models import MLP
+        >>> ntk_trace(MLP(8, 3, width=16, depth=2, key=jax.random.key(0)), jnp.ones((4, 8))).shape
+        ()
+
+    Args:
+        model: maps ONE example to `(O,)` logits.
+        x: `(N, ...)` examples.
+        method, block_size: as for `ntk_diagonal`.
+
+    Returns:
+        Scalar `T`.
+    """
+    return jnp.mean(ntk_diagonal(model, x, method=method, block_size=block_size))
+
+
+@_precise
+def ntk_vp(
+    model, x: Float[Array, "n *d"], v: Float[Array, "n o"]
+) -> Float[Array, "n o"]:
+    """Matrix-free NTK-vector product `(Θ v)[i, a] = Σ_{j,b} Θ[(i,a),(j,b)] v[j, b]`.
+
+    One vjp (`Jᵀ v`) and one jvp (`J (Jᵀ v)`) over the batch; the NTK is never formed.
+    Equals `as_matrix(ntk(model, x)) @ v.reshape(-1)` reshaped to `(n, O)`.
+
+    Example:
+        >>> from ntkbench.models import MLP
+        >>> model = MLP(8, 3, width=16, depth=2, key=jax.random.key(0))
+        >>> ntk_vp(model, jnp.ones((4, 8)), jnp.ones((4, 3))).shape
+        (4, 3)
+
+    Args:
+        model: maps ONE example to `(O,)` logits.
+        x: `(n, ...)` examples.
+        v: `(n, O)`.
+
+    Returns:
+        `(n, O)`.
+    """
+    check_inputs(x, None)
+    return ntk_vp_fn(model, x)(v)
+
+
+@_precise
+def layer_ntks(
+    model,
+    x1: Float[Array, "n1 *d"],
+    x2: Float[Array, "n2 *d"] | None = None,
+    *,
+    block_size: int | None = None,
+) -> LayerNTKs:
+    """Per-dense-layer NTK contributions and conjugate kernels (structured models only).
+
+    `Θ_l[i, j, a, b] = (<h_il, h_jl> + [has_bias]) <δ_ial, δ_jbl>` (SPEC.md §1); the `Θ_l` sum to
+    `ntk(model, x1, x2)`. The conjugate kernel of layer `l` is `H_l H_lᵀ`, the Gram of its inputs
+    (layer 0: the raw inputs).
+
+    Example:
+        >>> from ntkbench.models import MLP
+        >>> out = layer_ntks(MLP(8, 3, width=16, depth=2, key=jax.random.key(0)), jnp.ones((4, 8)))
+        >>> out.ntks.shape, out.conjugate_kernels.shape
+        ((3, 4, 4, 3, 3), (3, 4, 4))
+
+    Args:
+        model: implements `StructuredModel` (e.g. `ntkbench.models.MLP`).
+        x1: `(n1, ...)` examples.
+        x2: `(n2, ...)` examples, or None for `x1`.
+        block_size: examples per block (tile-by-tile assembly, as for `ntk`).
+
+    Returns:
+        `LayerNTKs(ntks (L, n1, n2, O, O), conjugate_kernels (L, n1, n2))`.
+    """
+    return layer_ntks_structured(model, x1, x2, block_size)

@@ -1,0 +1,468 @@
+"""Tests of `ntkbench.kernels`: every NTK method against a naive float64 `jax.jacrev` reference.
+
+Tolerances (relative to the largest entry of the reference kernel, `scale = max |Θ_ref|`):
+- float32 kernels vs the float64 reference: `|Θ − Θ_ref| <= F32_TOL · scale` with
+  `F32_TOL = 2e-5` (observed errors are below ~5e-6: float32 round-off of sums over P).
+- float64 kernels (x64 enabled) vs the float64 reference: `F64_TOL = 1e-11` (observed ~1e-15).
+- identities between float32 results computed differently (trace, diagonal, NTK-vector product,
+  layer sum, blocked vs unblocked, sharded vs unsharded): `F32_TOL`.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ntkbench import kernels
+from ntkbench.kernels import NtkMethod, as_matrix, layer_ntks, ntk, ntk_diagonal, ntk_trace, ntk_vp
+from ntkbench.models import CNN, MLP, concat, member
+
+F32_TOL = 2e-5
+F64_TOL = 1e-11
+METHODS = ("jacobian", "implicit", "structured")  # "auto" resolves to one of these (tested)
+
+
+# --------------------------------------------------------------------------------------------
+# Models and references
+# --------------------------------------------------------------------------------------------
+
+
+class ConvNormNet(eqx.Module):
+    """An arbitrary Equinox model with non-dense layers (Conv1d, LayerNorm): generic methods only."""
+
+    conv: eqx.nn.Conv1d
+    norm: eqx.nn.LayerNorm
+    linear: eqx.nn.Linear
+
+    def __init__(self, in_size: int, out_size: int, *, key, dtype=jnp.float32):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv = eqx.nn.Conv1d(1, 3, 3, key=k1, dtype=dtype)
+        feat = 3 * (in_size - 2)
+        self.norm = eqx.nn.LayerNorm(feat, dtype=dtype)
+        # A non-trivial LayerNorm affine so that its parameters matter.
+        self.norm = eqx.tree_at(
+            lambda n: (n.weight, n.bias), self.norm,
+            (1.0 + 0.1 * jax.random.normal(k2, (feat,), dtype), 0.1 * jnp.ones((feat,), dtype)),
+        )
+        self.linear = eqx.nn.Linear(feat, out_size, key=k3, dtype=dtype)
+
+    def __call__(self, x):
+        h = jax.nn.gelu(self.conv(x[None, :])).reshape(-1)
+        return self.linear(jnp.tanh(self.norm(h)))
+
+
+class FakeStructured(ConvNormNet):
+    """Claims the structured protocol but has non-dense parameters: must be refused."""
+
+    def structured_layout(self):
+        return ((self.linear.in_features, self.linear.out_features, True),)
+
+    def structured_forward(self, x, eps):
+        h = jnp.tanh(self.norm(jax.nn.gelu(self.conv(x[None, :])).reshape(-1)))
+        return self.linear(h) + eps[0], (h,)
+
+
+def _models(key, dtype=jnp.float32):
+    """`name -> (model, x1, x2)` covering MLPs (depths, widths, padding), the CNN and a generic
+    model. Sizes are small so that the float64 reference runs in a fraction of a second."""
+    ks = jax.random.split(key, 12)
+    out = {}
+    for i, (w, d, pad) in enumerate([(8, 1, None), (16, 3, None), (5, 2, 9)]):
+        m = MLP(12, 3, w, d, key=ks[i], pad_to=pad, dtype=dtype)
+        out[f"mlp_w{w}_d{d}" + ("_pad" if pad else "")] = (
+            m, jax.random.normal(ks[3], (5, 12), dtype), jax.random.normal(ks[4], (4, 12), dtype)
+        )
+    cnn = CNN((8, 8, 1), 3, key=ks[5], filters=2, hidden=4, dtype=dtype)
+    out["cnn"] = (
+        cnn,
+        jax.random.uniform(ks[6], (3, 64), dtype),
+        jax.random.uniform(ks[7], (2, 64), dtype),
+    )
+    out["convnorm"] = (
+        ConvNormNet(10, 4, key=ks[8], dtype=dtype),
+        jax.random.normal(ks[9], (4, 10), dtype),
+        jax.random.normal(ks[10], (3, 10), dtype),
+    )
+    return out
+
+
+MODEL_NAMES = ("mlp_w8_d1", "mlp_w16_d3", "mlp_w5_d2_pad", "cnn", "convnorm")
+
+
+def _to64(tree):
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
+def naive_ntk(model, x1, x2=None):
+    """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition, SPEC.md §1)."""
+    x2 = x1 if x2 is None else x2
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(params)
+
+    def f(theta, x):
+        return eqx.combine(unravel(theta), static)(x)
+
+    j1 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x1)
+    j2 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x2)
+    return jnp.einsum("iap,jbp->ijab", j1, j2, precision=jax.lax.Precision.HIGHEST)
+
+
+def _supported(name, method):
+    return not (method == "structured" and name in ("cnn", "convnorm"))
+
+
+# (model, method) pairs; the structured method on the CNN / ConvNormNet is an error (tested below).
+CASES = [(name, method) for name in MODEL_NAMES for method in METHODS if _supported(name, method)]
+
+
+def _assert_close(k, ref, tol):
+    k, ref = np.asarray(k, np.float64), np.asarray(ref, np.float64)
+    assert k.shape == ref.shape
+    scale = np.max(np.abs(ref))
+    err = np.max(np.abs(k - ref))
+    assert err <= tol * scale, f"max abs error {err:.3g} > {tol:.1g} * scale {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def refs():
+    """float64 references for every model (x64 enabled only inside)."""
+    models = _models(jax.random.key(42))
+    out = {}
+    with jax.enable_x64(True):
+        for name, (m, x1, x2) in models.items():
+            m64, x164, x264 = _to64((m, x1, x2))
+            sym, cross = jax.jit(lambda m, a, b: (naive_ntk(m, a), naive_ntk(m, a, b)))(
+                m64, x164, x264
+            )
+            out[name] = (np.asarray(sym), np.asarray(cross))
+    return models, out
+
+
+def _everything(model, x1, x2, v, method):
+    """All kernel entry points of one (model, method), in ONE jitted program (fast tests)."""
+    diag_method = "jacobian" if method == "implicit" else method
+    return dict(
+        sym=ntk(model, x1, method=method),
+        cross=ntk(model, x1, x2, method=method),
+        sym_blocked=ntk(model, x1, method=method, block_size=2),
+        cross_blocked=ntk(model, x1, x2, method=method, block_size=2),
+        diag=ntk_diagonal(model, x1, method=diag_method),
+        diag_blocked=ntk_diagonal(model, x1, method=diag_method, block_size=2),
+        trace=ntk_trace(model, x1, method=diag_method),
+        vp=ntk_vp(model, x1, v),
+    )
+
+
+@pytest.fixture(scope="module")
+def results(refs):
+    """`(name, method) -> dict of float32 results` (see `_everything`)."""
+    models, _ = refs
+    out = {}
+    for name, method in CASES:
+        m, x1, x2 = models[name]
+        v = jax.random.normal(jax.random.key(7), (x1.shape[0], m(x1[0]).shape[0]))
+        out[name, method] = jax.jit(_everything, static_argnums=4)(m, x1, x2, v, method) | {"v": v}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Correctness of every method
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_float32_matches_float64_reference(refs, results, name, method):
+    _, ref = refs
+    res = results[name, method]
+    for key in ("sym", "sym_blocked"):
+        _assert_close(res[key], ref[name][0], F32_TOL)
+    for key in ("cross", "cross_blocked"):
+        _assert_close(res[key], ref[name][1], F32_TOL)
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_float64_matches_float64_reference(refs, name, method):
+    models, ref = refs
+    with jax.enable_x64(True):
+        m, x1, x2 = _to64(models[name])
+        fn = jax.jit(lambda m, a, b: (ntk(m, a, b, method=method),
+                                      ntk(m, a, method=method, block_size=2)))
+        cross, sym = fn(m, x1, x2)
+        assert cross.dtype == jnp.float64
+        _assert_close(cross, ref[name][1], F64_TOL)
+        _assert_close(sym, ref[name][0], F64_TOL)
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_symmetric_and_psd(results, name, method):
+    k = np.asarray(as_matrix(results[name, method]["sym"]), np.float64)
+    scale = np.max(np.abs(k))
+    np.testing.assert_allclose(k, k.T, atol=F32_TOL * scale)
+    assert np.linalg.eigvalsh((k + k.T) / 2).min() >= -F32_TOL * scale
+
+
+def test_as_matrix_index_convention():
+    k = jnp.arange(2 * 3 * 4 * 4, dtype=jnp.float32).reshape(2, 3, 4, 4)
+    mat = as_matrix(k)
+    assert mat.shape == (8, 12)
+    i, j, a, b = 1, 2, 3, 0
+    assert mat[i * 4 + a, j * 4 + b] == k[i, j, a, b]
+    with pytest.raises(ValueError, match="rank-4"):
+        as_matrix(mat)
+
+
+@pytest.mark.parametrize(("width", "pad"), [(3, 8), (1, 4)])
+def test_padded_member_equals_unpadded_twin(width, pad, key):
+    x = jax.random.normal(key, (6, 12))
+    m = MLP(12, 3, width, 2, key=jax.random.key(width), pad_to=pad)
+    twin = m.unpadded()
+    assert twin.weights[0].shape == (width, 12)
+    padded = jax.jit(lambda m, a: [ntk(m, a, method=k) for k in METHODS])(m, x)
+    expected = jax.jit(lambda m, a: ntk(m, a, method="jacobian"))(twin, x)
+    for k in padded:
+        _assert_close(k, expected, F32_TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# Trace, diagonal, NTK-vector products, per-layer kernels
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_trace_and_diagonal(refs, results, name, method):
+    """`ntk_diagonal` / `ntk_trace` (never forming the NTK) against the reference's diagonal."""
+    models, ref = refs
+    res = results[name, method]
+    mat = np.asarray(as_matrix(jnp.asarray(ref[name][0])))
+    n = models[name][1].shape[0]
+    diag = np.diagonal(mat).reshape(n, -1)
+    for key in ("diag", "diag_blocked"):
+        np.testing.assert_allclose(res[key], diag, atol=F32_TOL * diag.max())
+    np.testing.assert_allclose(res["trace"], np.trace(mat) / mat.shape[0], rtol=F32_TOL)
+
+
+@pytest.mark.parametrize(("name", "method"), CASES)
+def test_ntk_vp_matches_matrix_product(refs, results, name, method):
+    _, ref = refs
+    res = results[name, method]
+    mat = np.asarray(as_matrix(jnp.asarray(ref[name][0])))
+    v = np.asarray(res["v"], np.float64)
+    expected = (mat @ v.reshape(-1)).reshape(v.shape)
+    assert res["vp"].shape == v.shape
+    np.testing.assert_allclose(res["vp"], expected, atol=F32_TOL * np.abs(expected).max())
+
+
+def test_ntk_vp_fn_is_linear_and_reusable(refs, results):
+    models, _ = refs
+    m, x1, _ = models["mlp_w16_d3"]
+    res = results["mlp_w16_d3", "jacobian"]
+    vp = jax.jit(lambda m, a, v: kernels.ntk_vp_fn(m, a)(v))
+    scale = np.abs(res["vp"]).max()
+    np.testing.assert_allclose(vp(m, x1, 2.0 * res["v"]), 2.0 * res["vp"], atol=F32_TOL * scale)
+
+
+@pytest.mark.parametrize("name", ("mlp_w8_d1", "mlp_w16_d3", "mlp_w5_d2_pad"))
+def test_layer_ntks_sum_to_ntk(refs, name):
+    models, ref = refs
+    m, x1, x2 = models[name]
+    out, blocked, (_, h1), (_, h2) = jax.jit(
+        lambda m, a, b: (
+            layer_ntks(m, a, b),
+            layer_ntks(m, a, b, block_size=2),
+            jax.vmap(m.structured_forward)(a, None),
+            jax.vmap(m.structured_forward)(b, None),
+        )
+    )(m, x1, x2)
+    depth = m.depth
+    assert out.ntks.shape == (depth + 1, x1.shape[0], x2.shape[0], 3, 3)
+    _assert_close(out.ntks.sum(0), ref[name][1], F32_TOL)
+    _assert_close(blocked.ntks, out.ntks, F32_TOL)
+    assert len(out.conjugate_kernels) == depth + 1
+    np.testing.assert_allclose(out.conjugate_kernels[0], x1 @ x2.T, rtol=1e-5, atol=1e-5)
+    for l in range(depth + 1):  # layer l's inputs: the post-activations of hidden layer l-1
+        np.testing.assert_allclose(out.conjugate_kernels[l], h1[l] @ h2[l].T, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_ntks_needs_structured_model(refs):
+    models, _ = refs
+    with pytest.raises(TypeError, match="StructuredModel"):
+        layer_ntks(models["cnn"][0], models["cnn"][1])
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch and errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_auto_dispatch(refs):
+    models, _ = refs
+    m, x1, _ = models["mlp_w16_d3"]
+    assert kernels.resolve_method(m, x1) is NtkMethod.STRUCTURED
+    cnn, xc, _ = models["cnn"]
+    # Convolutions reuse each weight at many positions: the Jacobian contraction is cheaper.
+    assert kernels.resolve_method(cnn, xc) is NtkMethod.JACOBIAN
+
+    class DenseOnly(eqx.Module):  # no protocol, dense layers only: NTK-vector products win
+        mlp: MLP
+
+        def __call__(self, x):
+            return self.mlp(x)
+
+    wrapped = DenseOnly(MLP(12, 10, 64, 2, key=jax.random.key(0)))
+    assert kernels.resolve_method(wrapped, jnp.ones((64, 12))) is NtkMethod.IMPLICIT
+    assert kernels.resolve_method(m, x1, method=NtkMethod.JACOBIAN) is NtkMethod.JACOBIAN
+
+
+def test_errors_say_how_to_fix(refs):
+    models, _ = refs
+    cnn, xc, _ = models["cnn"]
+    with pytest.raises(TypeError, match="method='auto', 'jacobian' or 'implicit'"):
+        ntk(cnn, xc, method="structured")
+    with pytest.raises(ValueError, match="choose one of"):
+        ntk(cnn, xc, method="fast")
+    fake = FakeStructured(10, 4, key=jax.random.key(0))
+    assert kernels.supports_structured(fake)
+    assert kernels.resolve_method(fake, jnp.ones((2, 10))) is NtkMethod.STRUCTURED
+    with pytest.raises(ValueError, match="trainable"):
+        ntk(fake, jnp.ones((2, 10)))
+    m = models["mlp_w8_d1"][0]
+    with pytest.raises(ValueError, match="block_size"):
+        ntk(m, jnp.ones((3, 12)), block_size=0)
+    with pytest.raises(ValueError, match="different shapes"):
+        ntk(m, jnp.ones((3, 12)), jnp.ones((3, 11)))
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks (bounded memory), jit, packs and sharding
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_blocked_equals_unblocked(method, key):
+    """N = 45 with blocks of 8 (the last block overlaps), cross and symmetric kernels."""
+    m = MLP(12, 3, 10, 2, key=key, pad_to=12)
+    x1 = jax.random.normal(jax.random.key(1), (45, 12))
+    x2 = jax.random.normal(jax.random.key(2), (13, 12))
+
+    def run(m, a, b):
+        out = []
+        for y in (None, b):
+            out.append((
+                ntk(m, a, y, method=method),
+                ntk(m, a, y, method=method, block_size=8),
+                ntk(m, a, y, method=method, block_size=45),
+            ))
+        return out
+
+    for full, *blocked in jax.jit(run)(m, x1, x2):
+        for k in blocked:
+            _assert_close(k, full, F32_TOL)
+
+
+def test_blocked_structured_moderate_n(key):
+    """N = 1000 in blocks of 96: the path used for N up to 10,000."""
+    m = MLP(16, 2, 32, 2, key=key)
+    x = jax.random.normal(jax.random.key(1), (1000, 16))
+    full, blocked, trace = jax.jit(
+        lambda m, a: (ntk(m, a), ntk(m, a, block_size=96), ntk_trace(m, a, block_size=96))
+    )(m, x)
+    _assert_close(blocked, full, F32_TOL)
+    np.testing.assert_allclose(trace, jnp.trace(as_matrix(full)) / 2000, rtol=F32_TOL)
+
+
+def test_blocked_memory_is_bounded(key):
+    """XLA's temp memory for the blocked Jacobian kernel stays far below the full Jacobian."""
+    m = MLP(64, 4, 64, 2, key=key)
+    x = jax.random.normal(key, (256, 64))
+    params, static = eqx.partition(m, eqx.is_array)
+    num_params = kernels._protocol.num_trainable(m)
+    full_jacobian_bytes = 256 * 4 * num_params * 4
+
+    def temp(block_size):
+        fn = jax.jit(lambda p, a: ntk(eqx.combine(p, static), a, method="jacobian",
+                                      block_size=block_size))
+        return fn.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp(None) >= full_jacobian_bytes
+    assert temp(16) < full_jacobian_bytes / 4
+
+
+def _pack(widths_and_seeds, pad_to, in_size=12, out_size=3, depth=2):
+    packs = []
+    for width, seeds in widths_and_seeds:
+        keys = jnp.stack([jax.random.key(s) for s in seeds])
+        packs.append(
+            eqx.filter_vmap(
+                lambda k, w=width: MLP(in_size, out_size, w, depth, key=k, pad_to=pad_to)
+            )(keys)
+        )
+    return concat(packs)
+
+
+def test_vmapped_pack_of_mixed_widths(key):
+    """A concatenation of packs of true widths 3 and 8 (padded to 8), every method vmapped."""
+    pack = _pack([(3, [0, 1]), (8, [2, 3])], pad_to=8)
+    x = jax.random.normal(key, (5, 12))
+
+    def per_member(m, a):
+        return {k: ntk(m, a, method=k) for k in ("auto",) + METHODS} | {"trace": ntk_trace(m, a)}
+
+    out = eqx.filter_jit(eqx.filter_vmap(per_member, in_axes=(eqx.if_array(0), None)))(pack, x)
+    assert out["auto"].shape == (4, 5, 5, 3, 3)
+    ref = jax.jit(lambda m, a: naive_ntk(m, a))
+    for i in range(4):
+        expected = ref(member(pack, i), x)
+        for k in ("auto",) + METHODS:
+            _assert_close(out[k][i], expected, F32_TOL)
+        np.testing.assert_allclose(out["trace"][i], jnp.trace(as_matrix(expected)) / 15,
+                                   rtol=F32_TOL)
+
+
+def _shard_fn(m, x, v):
+    return {
+        "ntk": ntk(m, x),
+        "ntk_blocked": ntk(m, x, block_size=3),
+        "jacobian": ntk(m, x, method="jacobian"),
+        "implicit_blocked": ntk(m, x, method="implicit", block_size=3),
+        "trace": ntk_trace(m, x),
+        "diag_jacobian": ntk_diagonal(m, x, method="jacobian", block_size=3),
+        "vp": ntk_vp(m, x, v),
+        "layers": layer_ntks(m, x, block_size=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def shard_case():
+    pack = _pack([(3, [0, 1, 2, 3]), (6, [4, 5, 6, 7])], pad_to=6)
+    x = jax.random.normal(jax.random.key(0), (5, 12))
+    v = jax.random.normal(jax.random.key(1), (5, 3))
+    fn = eqx.filter_jit(eqx.filter_vmap(_shard_fn, in_axes=(eqx.if_array(0), None, None)))
+    return pack, x, v, fn, fn(pack, x, v)
+
+
+@pytest.mark.parametrize("axis_type", (AxisType.Auto, AxisType.Explicit))
+def test_sharded_pack_equals_unsharded(shard_case, axis_type):
+    """Members sharded over the 4 fake CPU devices. Auto meshes take `eqx.filter_shard`;
+    Explicit meshes (`jax.make_mesh`'s default) reject it and take `jax.device_put`."""
+    assert jax.device_count() == 4
+    pack, x, v, fn, expected = shard_case
+    mesh = jax.make_mesh((4,), ("ens",), axis_types=(axis_type,))
+    sharding = NamedSharding(mesh, P("ens"))
+    if axis_type == AxisType.Auto:
+        sharded = eqx.filter_shard(pack, sharding)
+    else:
+        arrays, static = eqx.partition(pack, eqx.is_array)
+        sharded = eqx.combine(jax.device_put(arrays, sharding), static)
+    with jax.set_mesh(mesh):
+        got = fn(sharded, x, v)
+    assert got["ntk"].sharding.spec[0] == "ens", got["ntk"].sharding
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        _assert_close(g, e, F32_TOL)
