@@ -26,6 +26,7 @@ from ntkbench import _ensemble as ens
 from ntkbench._config import ConfigError, SweepConfig
 from ntkbench._datasets import Dataset, apply_noisy_replacement, draw_indices, load_dataset
 from ntkbench._models import CNN, MLP
+from ntkbench._pipeline import MinibatchSchedule
 from ntkbench._results import ResultsStore, _atomic_json
 from ntkbench._training import METRICS, PackData, PackProgram
 
@@ -153,7 +154,7 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
     x_all = jnp.asarray(data.x_train.reshape(len(data.y_train), -1))
     y_all = jnp.asarray(data.y_train)
     n_max = pack.padded_n_train
-    idx, weight, x_member, shuffle = [], [], [], []
+    idx, weight, x_member = [], [], []
     noisy = any(m.noise > 0 for m in pack.members)
     for m in pack.members:
         keys = ens.member_keys(config, m)
@@ -161,7 +162,6 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
         pad = n_max - m.n_train
         idx.append(jnp.concatenate([i, jnp.zeros((pad,), i.dtype)]))
         weight.append(jnp.concatenate([jnp.full((m.n_train,), 1.0 / m.n_train), jnp.zeros((pad,))]))
-        shuffle.append(jax.random.key_data(keys["shuffle"]))
         if noisy:
             xm = apply_noisy_replacement(keys["noise"], x_all[i], y_all[i], m.noise,
                                          data.num_classes, std=config.noise_std)
@@ -172,8 +172,17 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
         weight=jnp.stack(weight).astype(jnp.float32),
         x_test=jnp.asarray(x_test), y_test=jnp.asarray(data.y_test[test_idx]),
         x_member=jnp.stack(x_member) if noisy else None,
-        shuffle_key=jnp.stack(shuffle),
     )
+
+
+def minibatch_schedule(config: SweepConfig, members) -> MinibatchSchedule | None:
+    """The grain minibatch schedule of a pack (None for full batch): each member's order comes
+    from its own `shuffle` key, so it does not depend on the pack."""
+    if config.batch_size <= 0:
+        return None
+    seeds = [int.from_bytes(np.asarray(jax.random.key_data(ens.member_keys(config, m)["shuffle"]))
+                            .astype(np.uint32).tobytes(), "little") for m in members]
+    return MinibatchSchedule(seeds, members[0].n_train, config.batch_size)
 
 
 def ntk_test_indices(config: SweepConfig, data: Dataset) -> np.ndarray:
@@ -338,6 +347,9 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
         from jax.sharding import PartitionSpec as P
 
         spec_members, spec_rep = P(mesh.axis_names[0]), P()
+        spec_batches = P(None, mesh.axis_names[0])
+    else:
+        spec_batches = None
 
     def sync(name):
         if multi:
@@ -421,12 +433,18 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                 if found is not None:
                     epoch, state, _ = found
                     log(f"pack {pack.pack_id}: resuming from the checkpoint at epoch {epoch}")
+                schedule = minibatch_schedule(config, members)
+                if schedule is not None:
+                    schedule.seek(epoch)  # the order is a function of (member, epoch): no state
                 set_status(pack, status="running", started=status.get("started", time.time()),
                            epochs_done=epoch)
                 while epoch < config.epochs:
                     steps = min(config.chunk_epochs - epoch % config.chunk_epochs,
                                 config.epochs - epoch)
-                    state, out = program.train_chunk(pdata, state, steps)
+                    batches = None
+                    if schedule is not None:
+                        batches = _put(schedule.next_chunk(steps), mesh, spec_batches)
+                    state, out = program.train_chunk(pdata, state, steps, batches)
                     _write(store, indices, epoch, out, state.diverged, epoch + steps - 1,
                            pack.num_members)
                     epoch += steps

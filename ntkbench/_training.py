@@ -38,7 +38,6 @@ class PackData(NamedTuple):
     y_test: Int[Array, " t"]
     x_member: Float[Array, "m n d"] | None  # per-member inputs when they differ from x[idx]
                                              # (noise-scaling axis), else None
-    shuffle_key: Array  # (m, ...) raw key data (`jax.random.key_data`) of the minibatch order
 
 
 class PackState(eqx.Module):
@@ -159,8 +158,12 @@ class PackProgram:
         out = self._mask_diverged({**metrics, **ntk}, state.diverged)
         return out, eqx.tree_at(lambda s: s.record, state, record, is_leaf=lambda x: x is None)
 
-    def _member_update(self, model, opt_state, diverged, data, m_idx, m_w, m_x, m_key, epoch):
-        """One epoch of updates of one member; returns new model/state, its metrics, divergence."""
+    def _member_update(self, model, opt_state, diverged, data, m_idx, m_w, m_x, m_batches):
+        """One epoch of updates of one member; returns new model/state, its metrics, divergence.
+
+        `m_batches` `(steps, B)`: this epoch's minibatches (positions into the member's training
+        samples, -1 = padding), from `ntkbench.pipeline.MinibatchSchedule`; None for full batch.
+        """
         cfg = self.config
         grad_fn = eqx.filter_value_and_grad(self._loss, has_aux=True)
         if cfg.batch_size <= 0:
@@ -172,12 +175,6 @@ class PackProgram:
             ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(_params(new_model))
         else:
             metrics = self._eval_member(model, data, m_idx, m_w, m_x)
-            n = m_idx.shape[0]
-            b = cfg.batch_size
-            steps = -(-n // b)
-            key = jax.random.wrap_key_data(m_key)
-            perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-            perm = jnp.concatenate([perm, jnp.full((steps * b - n,), -1, perm.dtype)]).reshape(steps, b)
 
             def step(carry, p):
                 mdl, opt, ok = carry
@@ -190,22 +187,28 @@ class PackProgram:
                 mdl = eqx.apply_updates(mdl, upd)
                 return (mdl, opt, ok & jnp.isfinite(loss) & _all_finite(grads)), None
 
-            (new_model, new_opt, ok), _ = jax.lax.scan(step, (model, opt_state, jnp.asarray(True)), perm)
+            (new_model, new_opt, ok), _ = jax.lax.scan(step, (model, opt_state, jnp.asarray(True)),
+                                                       m_batches)
             ok = ok & _all_finite(_params(new_model)) & jnp.isfinite(metrics["train_loss"])
         now_diverged = diverged | ~ok | ~jnp.isfinite(metrics["train_loss"])
         new_model = _select(now_diverged, model, new_model)
         new_opt = _select(now_diverged, opt_state, new_opt)
         return new_model, new_opt, now_diverged, metrics
 
-    def _train_chunk(self, data: PackData, state: PackState, num_epochs: int):
+    def _train_chunk(self, data: PackData, state: PackState, num_epochs: int, batches=None):
         """`num_epochs` epochs inside one `lax.scan`; returns the new state and the metrics
-        `(num_epochs, m)` of the records `state.epoch .. state.epoch + num_epochs - 1`."""
+        `(num_epochs, m)` of the records `state.epoch .. state.epoch + num_epochs - 1`.
 
-        def body(st: PackState, _):
-            upd = eqx.filter_vmap(self._member_update, in_axes=(0, 0, 0, None, 0, 0, 0, 0, None))
+        `batches` `(num_epochs, m, steps, B)` int32: the minibatches of every epoch and member
+        (required when `batch_size > 0`, None for full batch)."""
+        if (batches is None) != (self.config.batch_size <= 0):
+            raise ValueError("train_chunk needs `batches` exactly when config.batch_size > 0.")
+
+        def body(st: PackState, epoch_batches):
+            upd = eqx.filter_vmap(self._member_update, in_axes=(0, 0, 0, None, 0, 0, 0, 0))
             new_model, new_opt, div, metrics = upd(
                 st.model, st.opt_state, st.diverged, data, data.idx, data.weight,
-                data.x_member, data.shuffle_key, st.epoch)
+                data.x_member, epoch_batches)
             do_record = (st.epoch % max(self.ntk_every, 1) == 0) if self.ntk_every else jnp.asarray(False)
             ntk, record = self._record(st, data, metrics, do_record)
             # Members frozen before this epoch read NaN; one that diverges now shows its
@@ -214,5 +217,5 @@ class PackProgram:
             new = PackState(new_model, new_opt, div, st.epoch + 1, record)
             return new, out
 
-        return jax.lax.scan(body, state, None, length=num_epochs)
+        return jax.lax.scan(body, state, batches, length=num_epochs)
 

@@ -132,3 +132,23 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference):
     assert "Skipping the corrupt or incomplete checkpoint" in log
     assert f"resuming from the checkpoint at epoch {steps[0]}" in log
     _assert_identical(reference, _all_arrays(w))
+
+
+def test_minibatch_sgd_resumes_bit_identical(tmp_path):
+    """In-process stop after the first chunk (as SIGTERM would), then resume: the grain
+    minibatch schedule continues from the checkpoint epoch, and the results are identical."""
+    from ntkbench import config as cfg
+    from ntkbench import sweep
+    from ntkbench.recording import make_record
+
+    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "optimizer": "sgd",
+                              "batch_size": 8, "lr": 0.05, "epochs": 12, "chunk_epochs": 4,
+                              "checkpoint_every_epochs": 4, "widths": (8,)})
+    ref, w = str(tmp_path / "ref"), str(tmp_path / "w")
+    sweep.run_sweep(c, ref, log=lambda s: None, make_record=make_record)
+    calls = iter([False, True])
+    with pytest.raises(sweep.Interrupted):
+        sweep.run_sweep(c, w, log=lambda s: None, make_record=make_record,
+                        should_stop=lambda: next(calls, False))
+    sweep.run_sweep(c, w, log=lambda s: None, make_record=make_record)
+    _assert_identical(_all_arrays(ref), _all_arrays(w))

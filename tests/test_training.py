@@ -33,7 +33,11 @@ def test_records_follow_spec(optimizer, batch):
     c, pack, model, pdata = _setup(optimizer=optimizer, batch_size=batch, lr=1e-2, epochs=6)
     prog = PackProgram(c)
     state = prog.init_state(model)
-    state, out = prog.train_chunk(pdata, state, 4)
+    from ntkbench._sweep import minibatch_schedule
+
+    schedule = minibatch_schedule(c, pack.members)
+    batches = None if schedule is None else schedule.next_chunk(4)
+    state, out = prog.train_chunk(pdata, state, 4, batches)
     assert out["train_loss"].shape == (4, pack.num_members)
     # Record 0 is the initialization.
     x0 = pdata.x[pdata.idx[0]]
