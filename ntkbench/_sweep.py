@@ -333,6 +333,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
     from ntkbench.checkpoints import PackCheckpointer
 
     shard = parse_shard(shard)
+    workdir = os.path.abspath(workdir)  # Orbax requires absolute checkpoint paths
     data = load_dataset(config.dataset, config.data_dir or None)
     check_data(config, data)
     check_workdir(config, workdir)
