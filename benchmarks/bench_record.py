@@ -6,6 +6,9 @@
 
 About 5 minutes on 2 CPU cores (mostly part 2's float64 training); part 1 alone takes seconds.
 
+Part 0 times one NTK record of a pack (the structured NTK, the spectrum and alignments, on device
+and batched over the pack, as in training) against one training epoch of the same pack.
+
 Part 1 times `jit(vmap(spectral_record))` on a `(pack, M, M)` float32 batch (one record of a
 pack: one `eigh` per member plus the misalignment overlap), and `eigh` alone in float32 and float64.
 
@@ -171,6 +174,49 @@ def bench_errors(num_samples, cases):
                   f" {abs(r['label_alignment'] / ref['label_alignment'] - 1):13.1e}")
 
 
+def bench_record_vs_epoch(pack: int, num_samples: int, width: int, repeats: int) -> None:
+    """Part 0: one NTK record of a pack (structured NTK + spectrum + alignments, on device,
+    batched) against one training epoch of the same pack (full-batch Adam on 100 digits)."""
+    import dataclasses
+
+    from ntkbench import config as cfg
+    from ntkbench import ensemble
+    from ntkbench._datasets import load_dataset
+    from ntkbench._sweep import build_data, build_models, ntk_test_indices
+    from ntkbench._training import PackProgram
+    from ntkbench.recording import make_record
+
+    c = cfg.from_config_dict({**cfg.get_config("quick").to_dict(), "widths": (width,),
+                              "num_seeds": pack, "n_test": num_samples, "ntk_every": 1})
+    data = load_dataset("digits")
+    p = ensemble.plan(c, data.input_size, data.num_classes).packs[0]
+    model = build_models(c, p, data.input_size, data.input_shape, data.num_classes)
+    pdata = build_data(c, p, data, ntk_test_indices(c, data))
+    plain = PackProgram(dataclasses.replace(c, ntk_every=0))
+    recorded = PackProgram(c, *make_record(c, data.num_classes))
+    epochs = 10
+
+    def run(prog):
+        state = prog.init_state(model)
+        jax.block_until_ready(prog.train_chunk(pdata, state, epochs))  # compile
+        times = []
+        for _ in range(repeats):
+            state = prog.init_state(model)
+            t0 = time.perf_counter()
+            jax.block_until_ready(prog.train_chunk(pdata, state, epochs))
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) / epochs
+
+    t_epoch = run(plain)
+    t_both = run(recorded)
+    t_record = t_both - t_epoch
+    print(f"\n== part 0: record vs epoch (pack {pack} x width {width}, depth 3, 100 digits, "
+          f"NTK on {num_samples} samples: M = {10 * num_samples}) ==")
+    print(f"one training epoch of the pack: {t_epoch * 1e3:8.2f} ms")
+    print(f"one NTK record of the pack:     {t_record * 1e3:8.2f} ms  "
+          f"= {t_record / t_epoch:.1f} training epochs")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=int, default=4, help="members per pack (vmapped)")
@@ -178,10 +224,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-errors", action="store_true", help="only time the record")
     parser.add_argument("--steps", type=int, default=100, help="Adam steps for trained NTKs")
+    parser.add_argument("--width", type=int, default=256, help="MLP width of part 0")
     parser.add_argument("--eigh", choices=["default", "qr", "jacobi"], default="default",
                         help="eigensolver of part 1 (jacobi: GPU only)")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, devices {jax.devices()}")
+    bench_record_vs_epoch(args.pack, args.num_samples, args.width, args.repeats)
     impl = {"default": None, "qr": jax.lax.linalg.EighImplementation.QR,
             "jacobi": jax.lax.linalg.EighImplementation.JACOBI}[args.eigh]
     bench_cost(args.pack, 10 * args.num_samples, args.repeats, impl)
