@@ -244,9 +244,30 @@ def cmd_profile(argv: list[str]) -> int:
         flags.DEFINE_integer("pack_size", 20, "Members in the pack timing.", flag_values=fv)
         flags.DEFINE_bool("compare_neural_tangents", False, "Also time neural-tangents if installed.", flag_values=fv)
         flags.DEFINE_integer("seed", 0, "PRNG seed.", flag_values=fv)
+        flags.DEFINE_list("devices", None, "Instead of the method table, profile a pack on the "
+                          "first k devices for each k (e.g. 1,2,4,8); on CPU fakes max(k) devices.",
+                          flag_values=fv)
 
     fv = _parse(argv, define)
     import jax
+
+    if fv.devices:
+        try:
+            counts = sorted({int(k) for k in fv.devices})
+        except ValueError:
+            raise UsageError(f"--devices={','.join(fv.devices)} must be integers, e.g. 1,2,4,8.") from None
+        if os.environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu"):
+            try:
+                jax.config.update("jax_num_cpu_devices", max(counts))
+            except RuntimeError:
+                pass  # JAX already started (e.g. under tests): use the devices there are
+        from ntkbench import _scaleout
+
+        devices = jax.devices()
+        print(f"backend {jax.default_backend()}, {len(devices)} devices; pack of 8 MLPs "
+              "(width 128, depth 3, 100 digits), NTKs on 64 samples")
+        print(_scaleout.format_device_table(_scaleout.profile_devices(counts, devices)))
+        return 0
 
     from ntkbench import profiling
 
