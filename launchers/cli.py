@@ -197,8 +197,9 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     ds = results.load(workdir, summaries=False)
     print(_sweep.summary_table(ds))
-    print(f"{outcome.member_epochs:,} member-epochs in {outcome.seconds:.1f}s "
-          f"({outcome.member_epochs / max(outcome.seconds, 1e-9):,.0f}/s); padding efficiency "
+    rate = (f" ({outcome.member_epochs / max(outcome.seconds, 1e-9):,.0f}/s)"
+            if outcome.member_epochs else " (everything was already done)")
+    print(f"{outcome.member_epochs:,} member-epochs trained in {outcome.seconds:.1f}s{rate}; padding efficiency "
           f"{outcome.plan.efficiency:.1%}; results in {os.path.join(workdir, 'results')} "
           "(ntkbench.results.load)")
     return 0

@@ -400,6 +400,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
         start = time.perf_counter()
         total = sum(p.num_members for p in mine) * config.epochs
         done_member_epochs = 0
+        trained = 0  # member-epochs trained by this call (not skipped or restored)
 
         def set_status(pack, **fields):
             if primary:
@@ -411,6 +412,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             status = read_pack_status(workdir, pack.pack_id)
             if status["status"] == "done":
                 done_member_epochs += pack.num_members * config.epochs
+                log(f"pack {pack.pack_id}: done in an earlier run, skipped")
                 continue
             t_pack = time.perf_counter()
             slots = math.ceil(pack.num_members / num_devices) * num_devices
@@ -433,6 +435,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                 epoch = 0
                 if found is not None:
                     epoch, state, _ = found
+                    done_member_epochs += pack.num_members * epoch
                     log(f"pack {pack.pack_id}: resuming from the checkpoint at epoch {epoch}")
                 schedule = minibatch_schedule(config, members)
                 if schedule is not None:
@@ -450,13 +453,14 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                            pack.num_members)
                     epoch += steps
                     done_member_epochs += pack.num_members * steps
+                    trained += pack.num_members * steps
                     stop = stop_requested()
                     if ckpt.should_save(epoch, force=stop):
                         ckpt.save(epoch, state)
                         set_status(pack, last_checkpoint_epoch=epoch, last_checkpoint_time=time.time())
                     set_status(pack, epochs_done=epoch)
                     elapsed = time.perf_counter() - start
-                    rate = done_member_epochs / max(elapsed, 1e-9)
+                    rate = trained / max(elapsed, 1e-9)
                     log(f"pack {pack.pack_id + 1}/{len(plan.packs)} (width<= {pack.padded_width}, "
                         f"{pack.num_members} members) epoch {epoch}/{config.epochs} | "
                         f"{rate:,.0f} member-epochs/s | ETA "
@@ -484,7 +488,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             set_status(pack, status="done", finished=time.time(), epochs_done=config.epochs,
                        seconds=time.perf_counter() - t_pack)
         seconds = time.perf_counter() - start
-    return SweepResult(workdir, plan, seconds, total)
+    return SweepResult(workdir, plan, seconds, trained)
 
 
 def _put_state(state, mesh, spec_members, spec_rep):
