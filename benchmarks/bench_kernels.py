@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pack-size", type=int, default=20)
     parser.add_argument("--memory-limit-gib", type=float, default=None)
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=60.0,
+        help="per case: fewer timed calls if the repeats would take longer",
+    )
     parser.add_argument("--neural-tangents", action="store_true", help="also time neural-tangents")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -39,6 +45,7 @@ def main() -> None:
         pack_size=args.pack_size,
         compare_neural_tangents=args.neural_tangents,
         key=jax.random.key(args.seed),
+        time_budget_s=args.time_budget_s,
         memory_limit_bytes=None
         if args.memory_limit_gib is None
         else int(args.memory_limit_gib * 2**30),

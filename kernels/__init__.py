@@ -2,9 +2,23 @@
 
 Conventions (SPEC.md §1-3): a model maps ONE example to `O` logits; the NTK has the rank-4 shape
 `(n1, n2, O, O)` and the matrix form `(n1·O, n2·O)` with row index `i·O + a`; the trace is
-normalized by `N·O`.
+normalized by `N·O`. Every function works under `jax.jit`, under `eqx.filter_vmap` over a stacked
+pack of members, and with the member axis sharded over a mesh.
+
+NTK:
+    `ntk` (methods `NtkMethod`: jacobian, implicit, structured, auto; `block_size` for bounded
+    memory), `as_matrix`, `resolve_method`.
+Without forming the NTK:
+    `ntk_diagonal`, `ntk_trace` (SPEC §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
+Dense networks (the `StructuredModel` protocol, `supports_structured`):
+    `layer_ntks` -> `LayerNTKs` (per-layer NTKs and conjugate kernels).
+Matrix-free spectra for large N:
+    `slq_entropy` -> `SpectralEstimate` (entropy and effective rank of the cosine-normalized NTK,
+    SPEC §3, with standard errors), `cosine_ntk_vp_fn`, `slq`, `lanczos`, `hutchinson_trace`,
+    `hutchpp_trace` -> `TraceEstimate`.
 """
 
+from ._implicit import ntk_vp_fn as ntk_vp_fn
 from ._ntk import NtkMethod as NtkMethod
 from ._ntk import as_matrix as as_matrix
 from ._ntk import layer_ntks as layer_ntks
@@ -15,8 +29,6 @@ from ._ntk import ntk_vp as ntk_vp
 from ._ntk import resolve_method as resolve_method
 from ._protocol import StructuredModel as StructuredModel
 from ._protocol import supports_structured as supports_structured
-from ._structured import LayerNTKs as LayerNTKs
-from ._implicit import ntk_vp_fn as ntk_vp_fn
 from ._slq import SpectralEstimate as SpectralEstimate
 from ._slq import TraceEstimate as TraceEstimate
 from ._slq import cosine_ntk_vp_fn as cosine_ntk_vp_fn
@@ -25,3 +37,4 @@ from ._slq import hutchpp_trace as hutchpp_trace
 from ._slq import lanczos as lanczos
 from ._slq import slq as slq
 from ._slq import slq_entropy as slq_entropy
+from ._structured import LayerNTKs as LayerNTKs

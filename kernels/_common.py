@@ -103,6 +103,7 @@ def tiled(
     b2: int | None,
     out_like,
     lead: int = 0,
+    symmetric: bool = False,
 ):
     """Assemble a kernel `(*L, n1, n2, ...)` from tiles, one block of rows at a time.
 
@@ -113,6 +114,9 @@ def tiled(
         b1, b2: rows per block (None: all at once).
         out_like: pytree of `jax.ShapeDtypeStruct` `(*L, n1, n2, ...)` matching the tiles.
         lead: the number of leading axes `L` before the sample axes.
+        symmetric: `x1` is `x2` and the kernel is symmetric (`K[i, j, a, b] = K[j, i, b, a]`):
+            only tiles on and above the block diagonal are computed, each also written mirrored
+            (half the work).
 
     Returns:
         The full kernel; only one row block's preparation and one tile are alive at a time and the
@@ -135,15 +139,30 @@ def tiled(
             tile = tile_fn(row, xb1, take(x2, s2, b2))
 
             def put(o, t):
-                start = (0,) * lead + (s1, s2) + (0,) * (o.ndim - 2 - lead)
-                return lax.dynamic_update_slice(o, t.astype(o.dtype), start)
+                tail = (0,) * (o.ndim - 2 - lead)
+                o = lax.dynamic_update_slice(o, t.astype(o.dtype), (0,) * lead + (s1, s2) + tail)
+                if symmetric:
+                    o = lax.dynamic_update_slice(
+                        o, _mirror(t, lead).astype(o.dtype), (0,) * lead + (s2, s1) + tail
+                    )
+                return o
 
             return jax.tree.map(put, out, tile)
 
-        return lax.fori_loop(0, num_blocks(n2, b2), col_body, out)
+        return lax.fori_loop(i if symmetric else 0, num_blocks(n2, b2), col_body, out)
 
     out = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_like)
     return lax.fori_loop(0, num_blocks(n1, b1), row_body, out)
+
+
+def _mirror(t: Array, lead: int) -> Array:
+    """The tile at the transposed position of a symmetric kernel: swap the two sample axes and,
+    for rank-4 `(n1, n2, O, O)` tails, the two logit axes."""
+    axes = list(range(t.ndim))
+    axes[lead], axes[lead + 1] = axes[lead + 1], axes[lead]
+    if t.ndim - lead == 4:
+        axes[-1], axes[-2] = axes[-2], axes[-1]
+    return jnp.transpose(t, axes)
 
 
 def out_size(f: Callable, params, x: Array) -> tuple[int, object]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._common import block_len, out_size, split, tiled
+from ._common import MATMUL_PRECISION, block_len, out_size, split, tiled
 
 
 def _vjp_tangents(params, f, xb: Array, o: int, dtype):
@@ -31,8 +31,8 @@ def _vjp_tangents(params, f, xb: Array, o: int, dtype):
 def _jvp_tile(params, f, xb1: Array, tangents) -> Float[Array, "b2 b1 o o"]:
     """`Θ[(i,a),(j,b)] = <g_ia, t_jb>` in the layout `[j, i, b, a]`, by pushing every tangent
     through the batch `xb1` with one (vmapped) jvp."""
-    fb = lambda p: jax.vmap(f, in_axes=(None, 0))(p, xb1)  # noqa: E731
-    push = lambda t: jax.jvp(fb, (params,), (t,))[1]  # (b1, O)  # noqa: E731
+    fb = lambda p: jax.vmap(f, in_axes=(None, 0))(p, xb1)
+    push = lambda t: jax.jvp(fb, (params,), (t,))[1]  # (b1, O)
     out = jax.vmap(jax.vmap(push))(tangents)  # (b2, O, b1, O): [j, b, i, a]
     return jnp.transpose(out, (0, 2, 1, 3))
 
@@ -61,6 +61,7 @@ def ntk_implicit(
         block_len(n2, block_size),
         block_len(n1, block_size),
         jax.ShapeDtypeStruct((n2, n1, o, o), dtype),
+        symmetric=symmetric,
     )
     return k if symmetric else jnp.transpose(k, (1, 0, 3, 2))
 
@@ -77,7 +78,16 @@ def ntk_vp_fn(model, x: Array) -> Callable[[Float[Array, "n o"]], Float[Array, "
         `(Θ v)[i, a] = Σ_{j,b} Θ[(i,a),(j,b)] v[j, b]`: one jvp and one transposed jvp (vjp).
     """
     params, f = split(model)
-    fb = lambda p: jax.vmap(f, in_axes=(None, 0))(p, x)  # noqa: E731
-    _, jvp_fn = jax.linearize(fb, params)
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
-    return lambda v: jvp_fn(vjp_fn(v)[0])
+
+    def fb(p):
+        return jax.vmap(f, in_axes=(None, 0))(p, x)
+
+    with jax.default_matmul_precision(MATMUL_PRECISION):
+        _, jvp_fn = jax.linearize(fb, params)
+        vjp_fn = jax.linear_transpose(jvp_fn, params)
+
+    def vp(v):
+        with jax.default_matmul_precision(MATMUL_PRECISION):
+            return jvp_fn(vjp_fn(v)[0])
+
+    return vp

@@ -30,16 +30,18 @@ def ntk_jacobian(
 
     Memory: `(n1 + n2)·O·P` floats unblocked; with blocks, two blocks of Jacobian rows
     `2·block_size·O·P` plus the output. Blocked, the column Jacobians are recomputed for every row
-    block (`n1 / block_size` times the Jacobian cost), the price of bounded memory.
+    block (`n1 / block_size` times the Jacobian cost, halved for the symmetric kernel, where only
+    the tiles on and above the diagonal are computed), the price of bounded memory.
     """
     params, f = split(model)
     o, dtype = out_size(f, params, x1)
-    rows = lambda x: jacobian_rows(params, f, x)  # noqa: E731
+    rows = lambda x: jacobian_rows(params, f, x)
     n1 = x1.shape[0]
-    if x2 is None and block_size is None:
+    symmetric = x2 is None
+    if symmetric and block_size is None:
         j = rows(x1)
         return contract(j, j)
-    x2 = x1 if x2 is None else x2
+    x2 = x1 if symmetric else x2
     n2 = x2.shape[0]
     out_like = jax.ShapeDtypeStruct((n1, n2, o, o), dtype)
     return tiled(
@@ -50,6 +52,7 @@ def ntk_jacobian(
         block_len(n1, block_size),
         block_len(n2, block_size),
         out_like,
+        symmetric=symmetric,
     )
 
 
@@ -60,6 +63,8 @@ def diagonal_jacobian(model, x: Array, block_size: int | None = None) -> Float[A
 
     def sq_norms(xi):
         j = jax.jacrev(f)(params, xi)  # leaves (O, *shape)
-        return sum(jnp.sum(leaf * leaf, axis=tuple(range(1, leaf.ndim))) for leaf in jax.tree.leaves(j))
+        return sum(
+            jnp.sum(leaf * leaf, axis=tuple(range(1, leaf.ndim))) for leaf in jax.tree.leaves(j)
+        )
 
     return map_examples(sq_norms, x, block_len(x.shape[0], block_size))

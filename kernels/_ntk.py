@@ -56,9 +56,23 @@ def _parse_method(method: str | NtkMethod) -> NtkMethod:
 def resolve_method(model, x1: Array, x2: Array | None = None, method="auto") -> NtkMethod:
     """The concrete method `ntk(model, x1, x2, method=method)` uses (static; no computation).
 
+    `"auto"` gives `STRUCTURED` for `StructuredModel`s; otherwise it counts the FLOPs of one
+    forward pass (`F`, dots and convolutions of the jaxpr) and compares the Jacobian contraction
+    (`~2·n1·n2·O²·P`) with the NTK-vector products (`~2·n1·n2·O·F`): dense nets (`F ≈ 2P`) get
+    `IMPLICIT`, convolutional nets (`F >> O·P`) `JACOBIAN`.
+
     Example:
+        >>> from ntkbench.models import MLP
         >>> resolve_method(MLP(4, 2, width=8, depth=1, key=jax.random.key(0)), jnp.ones((3, 4)))
         <NtkMethod.STRUCTURED: 'structured'>
+
+    Args:
+        model: maps ONE example to `(O,)` logits.
+        x1, x2: the inputs `ntk` would get (only their shapes are used).
+        method: a method name or `NtkMethod`.
+
+    Returns:
+        A concrete `NtkMethod` (never `AUTO`).
     """
     method = _parse_method(method)
     if method is not NtkMethod.AUTO:
@@ -90,8 +104,8 @@ def _precise(fn):
 @_precise
 def ntk(
     model,
-    x1: Float[Array, "n1 *d"],
-    x2: Float[Array, "n2 *d"] | None = None,
+    x1: Float[Array, "n1 ..."],
+    x2: Float[Array, "n2 ..."] | None = None,
     *,
     method: str | NtkMethod = "auto",
     block_size: int | None = None,
@@ -99,7 +113,9 @@ def ntk(
     """Empirical NTK `Θ[i, j, a, b] = <∂f_a(x1_i)/∂θ, ∂f_b(x2_j)/∂θ>` (SPEC.md §1).
 
     `θ` are the model's inexact-array leaves (integer/boolean arrays such as padding masks are
-    not parameters). Works under `jax.jit` and `eqx.filter_vmap` over stacked members.
+    not parameters). Works under `jax.jit` and over a stacked pack of members with
+    `eqx.filter_vmap(ntk, in_axes=(eqx.if_array(0), None))(pack, x)`; Gram products and the
+    model's passes use full float32 matmul precision.
 
     Example:
         >>> from ntkbench.models import MLP
@@ -112,8 +128,10 @@ def ntk(
         x1: `(n1, ...)` examples.
         x2: `(n2, ...)` examples, or None for `x1` (the symmetric NTK; cheaper).
         method: `"auto"`, `"jacobian"`, `"implicit"` or `"structured"` (see `NtkMethod`).
-        block_size: examples per block; the kernel is then computed tile by tile (`lax.fori_loop`)
-            and at most one block of Jacobian rows (or of basis tangents) is alive. None: in one go.
+        block_size: examples per block; the kernel is then assembled tile by tile in place
+            (`lax.fori_loop`), with only one row block and one column block of Jacobian rows
+            (jacobian), of basis tangents (implicit) or one tile (structured) alive: memory is the
+            output plus `O(block_size)`, for N up to 10,000 and beyond. None: in one go.
 
     Returns:
         `(n1, n2, O, O)`; use `as_matrix` for the `(n1·O, n2·O)` form.
@@ -142,7 +160,7 @@ def as_matrix(k: Float[Array, "n1 n2 o1 o2"]) -> Float[Array, "n1*o1 n2*o2"]:
 @_precise
 def ntk_diagonal(
     model,
-    x: Float[Array, "n *d"],
+    x: Float[Array, "n ..."],
     *,
     method: str | NtkMethod = "auto",
     block_size: int | None = None,
@@ -178,7 +196,7 @@ def ntk_diagonal(
 
 def ntk_trace(
     model,
-    x: Float[Array, "n *d"],
+    x: Float[Array, "n ..."],
     *,
     method: str | NtkMethod = "auto",
     block_size: int | None = None,
@@ -204,9 +222,7 @@ def ntk_trace(
 
 
 @_precise
-def ntk_vp(
-    model, x: Float[Array, "n *d"], v: Float[Array, "n o"]
-) -> Float[Array, "n o"]:
+def ntk_vp(model, x: Float[Array, "n ..."], v: Float[Array, "n o"]) -> Float[Array, "n o"]:
     """Matrix-free NTK-vector product `(Θ v)[i, a] = Σ_{j,b} Θ[(i,a),(j,b)] v[j, b]`.
 
     One vjp (`Jᵀ v`) and one jvp (`J (Jᵀ v)`) over the batch; the NTK is never formed.
@@ -233,8 +249,8 @@ def ntk_vp(
 @_precise
 def layer_ntks(
     model,
-    x1: Float[Array, "n1 *d"],
-    x2: Float[Array, "n2 *d"] | None = None,
+    x1: Float[Array, "n1 ..."],
+    x2: Float[Array, "n2 ..."] | None = None,
     *,
     block_size: int | None = None,
 ) -> LayerNTKs:
@@ -247,8 +263,8 @@ def layer_ntks(
     Example:
         >>> from ntkbench.models import MLP
         >>> out = layer_ntks(MLP(8, 3, width=16, depth=2, key=jax.random.key(0)), jnp.ones((4, 8)))
-        >>> out.ntks.shape, out.conjugate_kernels.shape
-        ((3, 4, 4, 3, 3), (3, 4, 4))
+        >>> out.ntks.shape, [c.shape for c in out.conjugate_kernels]
+        ((3, 4, 4, 3, 3), [(4, 4), (4, 4), (4, 4)])
 
     Args:
         model: implements `StructuredModel` (e.g. `ntkbench.models.MLP`).
@@ -257,6 +273,7 @@ def layer_ntks(
         block_size: examples per block (tile-by-tile assembly, as for `ntk`).
 
     Returns:
-        `LayerNTKs(ntks (L, n1, n2, O, O), conjugate_kernels (L, n1, n2))`.
+        `LayerNTKs(ntks (L, n1, n2, O, O), conjugate_kernels)`, the latter a tuple of `L`
+        arrays `(n1, n2)`.
     """
     return layer_ntks_structured(model, x1, x2, block_size)

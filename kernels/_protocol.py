@@ -49,6 +49,7 @@ def supports_structured(model) -> bool:
     """Whether `model` offers the structured protocol (`structured_layout`, `structured_forward`).
 
     Example:
+        >>> from ntkbench.models import MLP
         >>> supports_structured(MLP(4, 2, width=8, depth=1, key=jax.random.key(0)))
         True
     """

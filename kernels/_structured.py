@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -35,7 +36,7 @@ class Features(NamedTuple):
 
 
 def _dtype(model):
-    leaves = [leaf for leaf in jax.tree.leaves(model) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    leaves = [leaf for leaf in jax.tree.leaves(model) if eqx.is_inexact_array(leaf)]
     return jnp.result_type(*leaves) if leaves else jnp.float32
 
 
@@ -81,9 +82,7 @@ def features(model, layout, x: Array, block_size: int | None = None) -> Features
 def _layer_terms(f1: Features, f2: Features, layout):
     """Yield `(C_l, K_l, G_l)` per layer: the conjugate kernel `C_l = H1 H2ᵀ` `(n1, n2)`,
     `K_l = C_l + [has_bias]` and the signal Gram `G_l` `(n1, O, n2, O)`."""
-    for h1, h2, d1, d2, (_, _, has_bias) in zip(
-        f1.inputs, f2.inputs, f1.deltas, f2.deltas, layout
-    ):
+    for h1, h2, d1, d2, (_, _, has_bias) in zip(f1.inputs, f2.inputs, f1.deltas, f2.deltas, layout):
         c = gram(h1, h2)
         g = gram(d1, d2, free=2)
         yield c, (c + 1.0 if has_bias else c), g
@@ -120,6 +119,7 @@ def ntk_structured(
         block_len(n1, block_size),
         block_len(n2, block_size),
         like,
+        symmetric=x2 is None,
     )
 
 
@@ -147,8 +147,8 @@ class LayerNTKs(NamedTuple):
             the weight and bias of dense layer `l` (layout order).
         conjugate_kernels: one `(n1, n2)` array per dense layer, `H_l H_lᵀ` (the Gram of the
             layer's inputs, without the bias term; layer 0: the raw inputs). A tuple, not a
-            stack: a layer whose input does not depend on the parameters gives the same kernel for
-            every member of a vmapped pack.
+            stack: under `eqx.filter_vmap` layer 0's kernel does not depend on the member, and
+            stacking it with member-dependent ones fails on explicit-sharding meshes (JAX 0.10).
     """
 
     ntks: Float[Array, "l n1 n2 o o"]
@@ -168,7 +168,9 @@ def layer_ntks_structured(
     like = jax.ShapeDtypeStruct((len(layout), n1, n2, o, o), f1.deltas[0].dtype)
 
     def tile(r, c):
-        return jnp.stack([sample_major(k[:, None, :, None] * g) for _, k, g in _layer_terms(r, c, layout)])
+        return jnp.stack(
+            [sample_major(k[:, None, :, None] * g) for _, k, g in _layer_terms(r, c, layout)]
+        )
 
     ntks = tiled(
         lambda r: r,
@@ -179,6 +181,7 @@ def layer_ntks_structured(
         block_len(n2, block_size),
         like,
         lead=1,
+        symmetric=x2 is None,
     )
     cks = tuple(gram(h1, h2) for h1, h2 in zip(f1.inputs, f2.inputs))
     return LayerNTKs(ntks, cks)
