@@ -8,9 +8,9 @@ those of the unpadded net, and the values do not depend on `W`), then zero-padde
 zero the padded hidden units. Padded parameters therefore get exactly zero gradient and never move
 under Adam or SGD, and the function, gradients and NTK equal those of the unpadded network.
 
-Both models implement the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout`
-and `structured_forward`): all their trainable parameters are dense (or, for the CNN, not) layers
-`u = W h + b` in the standard parameterization.
+`MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout` and
+`structured_forward`): all its trainable parameters are dense layers `u = W h + b` in the
+standard parameterization. The CNN does not (its NTK uses the implicit or Jacobian method).
 """
 
 from __future__ import annotations

@@ -56,13 +56,14 @@ def _layer_record(model, x) -> dict:
     parts = kernels.layer_ntks(model, x)
     ntks = jax.vmap(kernels.as_matrix)(parts.ntks)
     m = ntks.shape[-1]
-    cks = jnp.stack(parts.conjugate_kernels)
-    n = cks.shape[-1]
+    # The conjugate kernels stay a tuple: layer 0's does not depend on the member, so stacking
+    # it with member-dependent ones fails on meshes with explicit axis types.
+    cks = parts.conjugate_kernels
     return {
         "layer_ntk_trace": jnp.trace(ntks, axis1=1, axis2=2) / m,
         "layer_ntk_erank": jax.vmap(observables.effective_rank)(ntks),
-        "layer_ck_trace": jnp.trace(cks, axis1=1, axis2=2) / n,
-        "layer_ck_erank": jax.vmap(observables.effective_rank)(cks),
+        "layer_ck_trace": jnp.stack([jnp.trace(ck) / ck.shape[-1] for ck in cks]),
+        "layer_ck_erank": jnp.stack([observables.effective_rank(ck) for ck in cks]),
     }
 
 
