@@ -25,7 +25,7 @@ import numpy as np
 from ntkbench import _ensemble as ens
 from ntkbench._config import ConfigError, SweepConfig
 from ntkbench._datasets import Dataset, apply_noisy_replacement, draw_indices, load_dataset
-from ntkbench._models import CNN, MLP
+from ntkbench._models import CNN, MLP, concat
 from ntkbench._pipeline import MinibatchSchedule
 from ntkbench._results import ResultsStore, _atomic_json
 from ntkbench._training import METRICS, PackData, PackProgram
@@ -143,11 +143,10 @@ def build_models(config: SweepConfig, pack: ens.Pack, in_size: int, image_shape,
             make = lambda k: CNN(image_shape, out_size, key=k, init=config.init)
         blocks.append(eqx.filter_vmap(make)(keys))
         order.extend(js)
-    arrays = [eqx.filter(b, eqx.is_array) for b in blocks]
-    static = eqx.filter(blocks[0], eqx.is_array, inverse=True)
-    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *arrays)
+    stacked = concat(blocks)
     inverse = np.argsort(np.asarray(order))
-    return eqx.combine(jax.tree.map(lambda a: a[inverse], stacked), static)
+    arrays, static = eqx.partition(stacked, eqx.is_array)
+    return eqx.combine(jax.tree.map(lambda a: a[inverse], arrays), static)
 
 
 def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.ndarray) -> PackData:
