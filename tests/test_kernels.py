@@ -1,14 +1,9 @@
 """Tests of `ntkbench.kernels`: every NTK method against a naive float64 `jax.jacrev` reference.
 
 Tolerances (relative to the largest entry of the reference kernel, `scale = max |Θ_ref|`):
-- float32 kernels vs the float64 reference: `|Θ − Θ_ref| <= F32_TOL · scale` with
-  `# The tests compile many small programs; XLA's backend optimization level 0 compiles them ~30%
-# faster (the kernels' numerics do not depend on it).
-FAST_COMPILE = {"compiler_options": {"xla_backend_optimization_level": 0}}
-jit = functools.partial(jax.jit, **FAST_COMPILE)
-
-F32_TOL = 2e-6` (observed errors are below ~5e-6: float32 round-off of sums over P).
-- float64 kernels (x64 enabled) vs the float64 reference: `F64_TOL = 1e-13` (observed ~1e-15).
+- float32 kernels vs the float64 reference: `|Θ − Θ_ref| <= F32_TOL · scale`, `F32_TOL = 2e-6`
+  (observed <= 1.1e-7 over all models and methods: float32 round-off of sums over P).
+- float64 kernels (x64 enabled) vs the float64 reference: `F64_TOL = 1e-13` (observed <= 4e-16).
 - identities between float32 results computed differently (trace, diagonal, NTK-vector product,
   layer sum, blocked vs unblocked, sharded vs unsharded): `F32_TOL`.
 """
