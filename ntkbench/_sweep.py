@@ -28,7 +28,7 @@ from ntkbench._datasets import Dataset, apply_noisy_replacement, draw_indices, l
 from ntkbench._models import CNN, MLP, concat
 from ntkbench._pipeline import MinibatchSchedule
 from ntkbench._results import ResultsStore, _atomic_json
-from ntkbench._training import METRICS, PackData, PackProgram
+from ntkbench._training import PackData, PackProgram
 
 MANIFEST = "manifest.json"
 
