@@ -396,6 +396,11 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
         if make_record is not None and config.ntk_every > 0:
             record_fn, record_init = make_record(config, out_size)
         program = PackProgram(config, record_fn, record_init)
+        snapshot_fn = None
+        if snap and record_fn is not None:
+            from ntkbench.recording import make_snapshot_fn
+
+            snapshot_fn = make_snapshot_fn(config)
         start = time.perf_counter()
         total = sum(p.num_members for p in mine) * config.epochs
         done_member_epochs = 0
@@ -432,6 +437,9 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                                   save_every_minutes=config.checkpoint_every_minutes) as ckpt:
                 found = ckpt.restore_latest(state)
                 epoch = 0
+                if found is None and snapshot_fn is not None:
+                    _write_snapshot(store, indices, "init", snapshot_fn(state.model, pdata.x_test),
+                                    pack.num_members)
                 if found is not None:
                     epoch, state, _ = found
                     done_member_epochs += pack.num_members * epoch
@@ -473,12 +481,10 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                 out, state = program.evaluate(pdata, state)
                 out = jax.tree.map(lambda v: v[None], out)
                 _write(store, indices, config.epochs, out, None, None, pack.num_members)
-                if snap and record_fn is not None:
-                    rec = {"init": state.record.init_ntk, "best": state.record.best_ntk,
-                           "final": state.record.last_ntk}
-                    for rows, mats in _local_rows(rec, 0, pack.num_members):
-                        for which, m in mats.items():
-                            store.write_snapshot([indices[j] for j in rows], which, m)
+                if snapshot_fn is not None:
+                    _write_snapshot(store, indices, "best", state.record.best_ntk, pack.num_members)
+                    _write_snapshot(store, indices, "final",
+                                    snapshot_fn(state.model, pdata.x_test), pack.num_members)
                 _commit(store, indices, config.epochs, state.diverged, pack.num_members)
                 ckpt.wait()
             sync(f"ntkbench-pack-{pack.pack_id}-done")
@@ -506,6 +512,11 @@ def _write(store, indices, start, out, diverged, committed, num_real):
         store.write_records([indices[j] for j in rows], start, values)
     if committed is not None:
         _commit(store, indices, committed, diverged, num_real)
+
+
+def _write_snapshot(store, indices, which, matrices, num_real):
+    for rows, mats in _local_rows(matrices, 0, num_real):
+        store.write_snapshot([indices[j] for j in rows], which, mats)
 
 
 def _commit(store, indices, epochs_done, diverged, num_real):

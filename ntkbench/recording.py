@@ -7,9 +7,10 @@ effective rank, both label alignments and the eigenvector misalignment against t
 record. Everything stays on device and is vmapped over the pack.
 
 The carry keeps what later records need: the previous record's eigenvectors and effective rank,
-and, with `ntk_snapshots`, the NTK at initialization, at the best test loss among NTK records so
-far (the first one on ties, so it is the NTK at `k*`), and at the latest record (the final one
-once training ends).
+and, with `ntk_snapshots`, the NTK at the best test loss among NTK records so far (the first one
+on ties, so it is the NTK at `k*`). The carry is checkpointed, so it holds nothing that can be
+computed outside the training program: the snapshots at initialization and at the end are
+computed by `make_snapshot_fn` before and after training.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ class RecordCarry(eqx.Module):
     erank: Float[Array, " d"]
     best_loss: Float[Array, ""]
     started: Bool[Array, ""]
-    init_ntk: Any  # (m, m) or None without snapshots
-    best_ntk: Any
-    last_ntk: Any
+    best_ntk: Any  # (m, m) or None without snapshots
 
 
 #: Per-layer quantities (dimension `layer`, dense layers in forward order), with `layer_ntks`.
@@ -82,8 +81,7 @@ def make_record(config: SweepConfig, num_classes: int):
             eigvecs=jnp.zeros((draws, size, size), jnp.float32),
             erank=jnp.full((draws,), jnp.nan, jnp.float32),
             best_loss=jnp.asarray(jnp.inf, jnp.float32), started=jnp.asarray(False),
-            init_ntk=z if snapshots else None, best_ntk=z if snapshots else None,
-            last_ntk=z if snapshots else None)
+            best_ntk=z if snapshots else None)
 
     def one_draw(model, x, y, eigvecs, erank):
         k = kernels.as_matrix(kernels.ntk(model, x, method=method))
@@ -105,9 +103,7 @@ def make_record(config: SweepConfig, num_classes: int):
             eigvecs=rec["eigvecs"], erank=rec["erank_per_draw"],
             best_loss=jnp.where(better, test_loss, carry.best_loss),
             started=jnp.asarray(True),
-            init_ntk=jnp.where(carry.started, carry.init_ntk, k) if snapshots else None,
             best_ntk=jnp.where(better, k, carry.best_ntk) if snapshots else None,
-            last_ntk=k if snapshots else None,
         )
         out = {RECORD_NAMES[name]: rec[name] for name in RECORD_NAMES}
         if config.layer_ntks:
@@ -115,3 +111,17 @@ def make_record(config: SweepConfig, num_classes: int):
         return out, new
 
     return record_fn, record_init
+
+
+def make_snapshot_fn(config: SweepConfig):
+    """`fn(stacked_model, x_test) -> (m, M, M)`: every member's matrix-form NTK on the first
+    test draw (the init and final snapshots)."""
+    n = config.n_test
+    method = config.ntk_method
+
+    @eqx.filter_jit
+    def fn(models, x):
+        one = lambda m: kernels.as_matrix(kernels.ntk(m, x[:n], method=method))
+        return eqx.filter_vmap(one)(models)
+
+    return fn

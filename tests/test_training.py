@@ -120,4 +120,4 @@ def test_ntk_quantities_average_over_test_draws():
               for i in range(2)]
     np.testing.assert_allclose(out["ntk_erank"], np.mean(eranks), rtol=1e-5)
     np.testing.assert_allclose(carry.erank, eranks, rtol=1e-5)
-    np.testing.assert_allclose(carry.init_ntk, kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)
+    np.testing.assert_allclose(carry.best_ntk, kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)
