@@ -39,13 +39,15 @@ _WIDTHS = flags.DEFINE_list("widths", ["8", "16", "32", "64", "128", "256"], "Wi
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per width.")
 _EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs.")
 _N = flags.DEFINE_integer("n_train", 100, "Training samples (full batch).")
+_EFF = flags.DEFINE_float("min_pack_efficiency", 0.8, "Planner's padding-efficiency floor.")
 
 
 def _config():
     return cfg.from_config_dict({
         **cfg.get_config("quick").to_dict(), "widths": tuple(int(w) for w in _WIDTHS.value),
         "num_seeds": _SEEDS.value, "epochs": _EPOCHS.value, "n_train": (_N.value,),
-        "ntk_every": 0, "chunk_epochs": _EPOCHS.value, "dataset": "digits"})
+        "ntk_every": 0, "chunk_epochs": _EPOCHS.value, "dataset": "digits",
+        "min_pack_efficiency": _EFF.value})
 
 
 def run_packs(c, data):
