@@ -42,20 +42,8 @@ readonly EXIT_RESUMABLE=75
 
 log() { printf '[launcher] %s\n' "$*" >&2; }
 die() { printf 'local_multiprocess.sh: error: %s\n' "$1" >&2; exit "$EXIT_USAGE"; }
-quote_cmd() {  # print argv as one line that bash (and Python's shlex.split) reads back exactly
-  local a out=() flag=""
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    elif [[ $a != *"'"* ]]; then
-      [[ $a =~ ^--[A-Za-z0-9_.-]+= ]] && flag=${BASH_REMATCH[0]} || flag=""
-      out+=("${flag}'${a#"$flag"}'")
-    else
-      out+=("$(printf '%q' "$a")")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck source=launchers/_quote.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/_quote.sh"
 
 if (( $# < 2 )); then
   die "usage: local_multiprocess.sh N ARGS..., e.g. local_multiprocess.sh 2 run --config=quick --workdir=runs/quick-mp"

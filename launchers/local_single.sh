@@ -18,20 +18,8 @@
 # resume), 2 means bad input. SIGTERM/SIGINT reach ntkbench directly (the script execs it).
 set -euo pipefail
 
-quote_cmd() {  # print argv as one line that bash (and Python's shlex.split) reads back exactly
-  local a out=() flag=""
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    elif [[ $a != *"'"* ]]; then
-      [[ $a =~ ^--[A-Za-z0-9_.-]+= ]] && flag=${BASH_REMATCH[0]} || flag=""
-      out+=("${flag}'${a#"$flag"}'")
-    else
-      out+=("$(printf '%q' "$a")")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck source=launchers/_quote.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/_quote.sh"
 
 if (( $# == 0 )); then
   printf 'local_single.sh: error: %s\n' \

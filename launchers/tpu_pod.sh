@@ -33,20 +33,8 @@
 set -euo pipefail
 
 die() { printf 'tpu_pod.sh: error: %s\n' "$1" >&2; exit 2; }
-quote_cmd() {  # print argv as one line that bash (and Python's shlex.split) reads back exactly
-  local a out=() flag=""
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    elif [[ $a != *"'"* ]]; then
-      [[ $a =~ ^--[A-Za-z0-9_.-]+= ]] && flag=${BASH_REMATCH[0]} || flag=""
-      out+=("${flag}'${a#"$flag"}'")
-    else
-      out+=("$(printf '%q' "$a")")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck source=launchers/_quote.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/_quote.sh"
 
 [[ -n ${TPU_NAME:-} ]] || die "set TPU_NAME (and ZONE), e.g. TPU_NAME=my-v4-32 ZONE=us-central2-b launchers/tpu_pod.sh --config=quick --workdir=/mnt/shared/ntkbench/quick"
 [[ -n ${ZONE:-} ]] || die "set ZONE, the zone of TPU ${TPU_NAME}, e.g. ZONE=us-central2-b."
