@@ -104,12 +104,7 @@ def ntk_structured(
     Memory: the features `n·(Σ in_l + O·Σ out_l)` floats (computed `block_size` examples at a
     time) plus the output; with `block_size`, one `(b, b, O, O)` tile of intermediates.
     """
-    check_inputs(x1, x2)
-    layout = check_structured(model)
-    f1 = features(model, layout, x1, block_size)
-    f2 = f1 if x2 is None else features(model, layout, x2, block_size)
-    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
-    o = f1.deltas[0].shape[1]
+    layout, f1, f2, n1, n2, o = _prepare(model, x1, x2, block_size)
     like = jax.ShapeDtypeStruct((n1, n2, o, o), f1.deltas[0].dtype)
     return tiled(
         lambda r: r,
@@ -121,6 +116,16 @@ def ntk_structured(
         like,
         symmetric=x2 is None,
     )
+
+
+def _prepare(model, x1: Array, x2: Array | None, block_size: int | None):
+    """Checked layout, both sides' features, the sample counts and the number of logits."""
+    check_inputs(x1, x2)
+    layout = check_structured(model)
+    f1 = features(model, layout, x1, block_size)
+    f2 = f1 if x2 is None else features(model, layout, x2, block_size)
+    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
+    return layout, f1, f2, n1, n2, f1.deltas[0].shape[1]
 
 
 def diagonal_structured(model, x: Array, block_size: int | None = None) -> Float[Array, "n o"]:
@@ -159,12 +164,7 @@ def layer_ntks_structured(
     model, x1: Array, x2: Array | None = None, block_size: int | None = None
 ) -> LayerNTKs:
     """Per-layer NTKs and conjugate kernels (see `LayerNTKs`); memory `L` times the NTK."""
-    check_inputs(x1, x2)
-    layout = check_structured(model)
-    f1 = features(model, layout, x1, block_size)
-    f2 = f1 if x2 is None else features(model, layout, x2, block_size)
-    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
-    o = f1.deltas[0].shape[1]
+    layout, f1, f2, n1, n2, o = _prepare(model, x1, x2, block_size)
     like = jax.ShapeDtypeStruct((len(layout), n1, n2, o, o), f1.deltas[0].dtype)
 
     def tile(r, c):
