@@ -40,10 +40,6 @@ class Member:
     data_draw: int
     seed: int
 
-    @property
-    def coords(self) -> dict:
-        return {a: getattr(self, a) for a in AXES}
-
 
 @dataclasses.dataclass(frozen=True)
 class Pack:

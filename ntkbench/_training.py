@@ -24,7 +24,6 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ntkbench._config import SweepConfig
 
-METRICS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
 
 class PackData(NamedTuple):
