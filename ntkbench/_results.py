@@ -137,24 +137,25 @@ class ResultsStore:
             verify: refuse (ResultsError) to change a record that is already committed.
         """
         futures = []
+        # One read of each member's committed epoch, shared by all variables.
+        done_of = [self.epochs_done(index) if verify else -1 for index in member_indices]
         for name, arr in values.items():
             arr = np.asarray(arr, np.float32)
             t = arr.shape[0]
             extra = (slice(0, arr.shape[2]),) if arr.ndim == 3 else ()
             for j, index in enumerate(member_indices):
                 target = self.arrays[name][index + (slice(start, start + t),) + extra]
-                if verify:
-                    done = self.epochs_done(index)
-                    if done >= start:
-                        n = min(done - start + 1, t)
-                        # Tensorstore views keep absolute coordinates: index from `start`.
-                        old = self.arrays[name][index + (slice(start, start + n),) + extra].read().result()
-                        if not np.array_equal(old, arr[:n, j], equal_nan=True):
-                            raise ResultsError(
-                                f"Refusing to overwrite committed records {start}..{start + n - 1} "
-                                f"of {name} at {index} with different values; the run is not "
-                                "reproducing its earlier results (different machine or device "
-                                "count?). Start a fresh workdir.")
+                done = done_of[j]
+                if done >= start:
+                    n = min(done - start + 1, t)
+                    # Tensorstore views keep absolute coordinates: index from `start`.
+                    old = self.arrays[name][index + (slice(start, start + n),) + extra].read().result()
+                    if not np.array_equal(old, arr[:n, j], equal_nan=True):
+                        raise ResultsError(
+                            f"Refusing to overwrite committed records {start}..{start + n - 1} "
+                            f"of {name} at {index} with different values; the run is not "
+                            "reproducing its earlier results (different machine or device "
+                            "count?). Start a fresh workdir.")
                 futures.append(target.write(arr[:, j]))
         for f in futures:
             f.result()
