@@ -87,6 +87,9 @@ def _load_config(argv: list[str]):
                 raise UsageError(str(e)) from None
             config_flags.DEFINE_config_dict("config", cd, flag_values=fv, sys_argv=argv)
         flags.DEFINE_string("workdir", None, "Directory for the manifest, checkpoints and results.", flag_values=fv)
+        flags.DEFINE_bool("extend", False, "Add the config's new members (more widths, seeds, "
+                          "...) to the sweep in --workdir; finished members are kept as they are.",
+                          flag_values=fv)
         _define_runtime_flags(fv)
 
     fv = _parse(argv, define)
@@ -176,14 +179,12 @@ def cmd_run(argv: list[str]) -> int:
     from ntkbench._datasets import DatasetError
     from ntkbench._results import ResultsError
 
+    from ntkbench import recording
+
     try:
-        from ntkbench import recording
-        make_record = recording.make_record
-    except ImportError:  # the NTK record step is optional while it is being built
-        make_record = None
-    try:
-        outcome = _sweep.run_sweep(config, workdir, log=logging.info, make_record=make_record,
-                                   mesh=mesh, shard=fv.shard, should_stop=_StopFlag())
+        outcome = _sweep.run_sweep(config, workdir, log=logging.info,
+                                   make_record=recording.make_record, mesh=mesh, shard=fv.shard,
+                                   should_stop=_StopFlag(), extend=fv.extend)
     except _sweep.Interrupted as e:
         print(f"ntkbench: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -192,6 +192,69 @@ def from_config_dict(cfg: ml_collections.ConfigDict | dict) -> SweepConfig:
     return config
 
 
+#: Fields an extension (`ntkbench run --extend`) may grow: the values of the sweep axes.
+EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws")
+#: Fields that never change results (not part of the comparison of two sweeps).
+_NOT_RESULTS = ("name", "data_dir")
+
+
+def _canonical(c: SweepConfig) -> dict[str, Any]:
+    """Everything that defines the set of members and their results, axis values as sets."""
+    d = {k: v for k, v in c.to_dict().items() if k not in _NOT_RESULTS}
+    for name in ("widths", "depth", "n_train", "noise"):
+        d[name] = tuple(sorted(d[name]))
+    return d
+
+
+def same_sweep(a: SweepConfig, b: SweepConfig) -> bool:
+    """True when `a` and `b` train the same members to the same results.
+
+    Axis values may be listed in another order (an extended sweep stores its values in the
+    order they were added); the preset name and `data_dir` are ignored.
+    """
+    return _canonical(a) == _canonical(b)
+
+
+def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
+    """The sweep `old` grown by the members of `new` (`ntkbench run --extend`).
+
+    `new` must keep every value of every axis of `old` and may add values (`widths`, `depth`,
+    `n_train`, `noise`) or raise the counts (`num_seeds`, `num_data_draws`); every other field
+    that changes results must be equal. The result lists `old`'s axis values first, in their
+    order, then the added ones, so that every existing member keeps its position in the results
+    grid and its pack.
+
+    Raises:
+        ConfigError: one line naming what an extension cannot change or drop.
+    """
+    a, b = old.to_dict(), new.to_dict()
+    fixed = {k: (a[k], b[k]) for k in a
+             if k not in EXTENSIBLE + _NOT_RESULTS and a[k] != b[k]}
+    if fixed:
+        listing = "; ".join(f"{k}: {x!r} -> {y!r}" for k, (x, y) in fixed.items())
+        raise ConfigError(
+            f"--extend only adds members (new values of {', '.join(EXTENSIBLE)}), but {listing} "
+            "would change the existing ones; use a new --workdir for a different sweep.")
+    merged = {}
+    for name in ("widths", "depth", "n_train", "noise"):
+        dropped = [v for v in a[name] if v not in b[name]]
+        if dropped:
+            raise ConfigError(
+                f"config.{name}={tuple(b[name])} drops {', '.join(map(str, dropped))} of the "
+                f"existing sweep; an extension keeps every value: list {tuple(a[name])} plus "
+                "the new ones.")
+        merged[name] = tuple(a[name]) + tuple(v for v in b[name] if v not in a[name])
+    for name in ("num_seeds", "num_data_draws"):
+        if b[name] < a[name]:
+            raise ConfigError(
+                f"config.{name}={b[name]} is smaller than the existing sweep's {a[name]}; an "
+                f"extension keeps every member: use config.{name} >= {a[name]}.")
+        merged[name] = b[name]
+    out = dataclasses.replace(old, data_dir=new.data_dir, **merged)
+    validate(out)
+    return out
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

@@ -175,7 +175,8 @@ def _partition(sizes: Sequence[float], counts: Sequence[int], max_groups: int,
     return runs[::-1]
 
 
-def plan(config: SweepConfig, in_size: int, out_size: int, *, num_devices: int = 1) -> Plan:
+def plan(config: SweepConfig, in_size: int, out_size: int, *, num_devices: int = 1,
+         only: Sequence[Member] | None = None, first_pack_id: int = 0) -> Plan:
     """Group the sweep's members into packs (see the module docstring).
 
     Args:
@@ -183,15 +184,16 @@ def plan(config: SweepConfig, in_size: int, out_size: int, *, num_devices: int =
         in_size, out_size: flattened input size and number of logits.
         num_devices: pack sizes are rounded up to a multiple of this when packs are sharded
             (the extra slots are masked padding members, counted as executed FLOPs).
+        only: plan just these members (e.g. the ones an extension adds), in grid order.
+        first_pack_id: id of the first pack (packs are numbered consecutively).
     """
-    all_members = members(config)
+    all_members = members(config) if only is None else list(only)
     groups: dict[tuple, list[Member]] = {}
     for m in all_members:
         key = (m.depth, m.n_train) if config.batch_size > 0 else (m.depth,)
         groups.setdefault(key, []).append(m)
 
     packs: list[Pack] = []
-    useful = executed = 0.0
     for gkey in sorted(groups):
         group = groups[gkey]
         depth = gkey[0]
@@ -215,10 +217,47 @@ def plan(config: SweepConfig, in_size: int, out_size: int, *, num_devices: int =
             chunk = math.ceil(len(run) / num_chunks)
             for c in range(num_chunks):
                 part = run[c * chunk:(c + 1) * chunk]
-                slots = math.ceil(len(part) / num_devices) * num_devices
-                packs.append(Pack(len(packs), tuple(part), depth, width, n_max))
-                cost = flops_per_example(config, in_size, out_size, width, depth) * n_max
-                executed += slots * cost
-                useful += sum(flops_per_example(config, in_size, out_size, m.width, depth) * m.n_train
-                              for m in part)
+                packs.append(Pack(first_pack_id + len(packs), tuple(part), depth, width, n_max))
+    return account(config, packs, in_size, out_size, num_devices=num_devices)
+
+
+def account(config: SweepConfig, packs: Sequence[Pack], in_size: int, out_size: int, *,
+            num_devices: int = 1) -> Plan:
+    """The `Plan` of these packs, with its useful and executed (padded) FLOPs."""
+    useful = executed = 0.0
+    for p in packs:
+        slots = math.ceil(p.num_members / num_devices) * num_devices
+        executed += slots * flops_per_example(config, in_size, out_size, p.padded_width,
+                                              p.depth) * p.padded_n_train
+        useful += sum(flops_per_example(config, in_size, out_size, m.width, p.depth) * m.n_train
+                      for m in p.members)
     return Plan(tuple(packs), useful, executed)
+
+
+def packs_to_json(packs: Sequence[Pack]) -> list[dict]:
+    """The manifest form of packs: ids, member grid indices and padded shapes."""
+    return [{"pack_id": p.pack_id, "members": [list(m.index) for m in p.members],
+             "padded_width": p.padded_width, "padded_n_train": p.padded_n_train,
+             "depth": p.depth} for p in packs]
+
+
+def packs_from_json(config: SweepConfig, items: Sequence[dict]) -> list[Pack]:
+    """Packs recorded in a manifest, rebuilt against `config`'s grid.
+
+    A sweep keeps the plan it started with (even if a later ntkbench plans differently), so pack
+    ids, per-pack status and checkpoints stay valid across versions and resumes.
+    """
+    values = config.axis_values()
+    shape = config.grid_shape
+    out = []
+    for item in items:
+        ms = []
+        for index in item["members"]:
+            index = tuple(int(i) for i in index)
+            if len(index) != len(AXES) or any(not 0 <= i < n for i, n in zip(index, shape)):
+                raise ValueError(f"pack {item['pack_id']} lists member {index} outside the "
+                                 f"sweep's grid {shape}")
+            ms.append(Member(index=index, **{a: values[a][i] for a, i in zip(AXES, index)}))
+        out.append(Pack(int(item["pack_id"]), tuple(ms), int(item["depth"]),
+                        int(item["padded_width"]), int(item["padded_n_train"])))
+    return out

@@ -75,9 +75,9 @@ class ResultsStore:
         self.num_records = config.num_records
         os.makedirs(root, exist_ok=True)
         group = os.path.join(root, "zarr.json")
-        if not os.path.exists(group):
-            _atomic_json(group, {"zarr_format": 3, "node_type": "group",
-                                 "attributes": {"ntkbench_fingerprint": config.fingerprint()}})
+        attrs = {"ntkbench_fingerprint": config.fingerprint()}
+        if not os.path.exists(group) or _read_json(group).get("attributes") != attrs:
+            _atomic_json(group, {"zarr_format": 3, "node_type": "group", "attributes": attrs})
         ones = (1,) * len(AXES)
         dims = AXES + ("epoch",)
         self.arrays: dict[str, ts.TensorStore] = {}
@@ -98,8 +98,27 @@ class ResultsStore:
         self._write_coords(snapshot_size)
 
     def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
-        spec = _spec(os.path.join(self.root, name), shape, dims, dtype, fill, chunks)
-        return ts.open(spec, create=True, open=True).result()
+        """Create the array, or open it, growing it to `shape` for an extended sweep.
+
+        Growing rewrites only the array's metadata (its chunks are 1 along the sweep axes), so
+        no stored record is touched; an array can never shrink.
+        """
+        path = os.path.join(self.root, name)
+        if not os.path.exists(os.path.join(path, "zarr.json")):
+            return ts.open(_spec(path, shape, dims, dtype, fill, chunks), create=True, open=True).result()
+        arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
+                      open=True).result()
+        have, labels = tuple(arr.shape), tuple(arr.domain.labels)
+        if (labels != tuple(dims) or arr.dtype.name != dtype or len(have) != len(shape)
+                or any(h > n for h, n in zip(have, shape))):
+            raise ResultsError(
+                f"The results array {path} has dimensions {labels} {have} {arr.dtype.name} but this"
+                f" sweep needs {tuple(dims)} {tuple(shape)} {dtype}; the store belongs to another "
+                "sweep or ntkbench version. Use a new --workdir.")
+        if have != tuple(shape):
+            arr = arr.resize(exclusive_max=list(shape), expand_only=True,
+                             resize_metadata_only=True).result()
+        return arr
 
     def _write_coords(self, snapshot_size: int) -> None:
         coords = {a: np.asarray(v) for a, v in self.config.axis_values().items()}
@@ -111,16 +130,33 @@ class ResultsStore:
             coords["col"] = np.arange(snapshot_size)
         for name, values in coords.items():
             path = os.path.join(self.root, name)
-            if os.path.exists(os.path.join(path, "zarr.json")):
-                continue
             if values.dtype.kind == "f":
                 dtype, fill = "float64", 0.0
             else:
                 dtype, fill = "int64", 0
                 values = values.astype(np.int64)
-            arr = ts.open(_spec(path, values.shape, (name,), dtype, fill, values.shape),
-                          create=True, open=True).result()
-            arr.write(values).result()
+            if not os.path.exists(os.path.join(path, "zarr.json")):
+                arr = ts.open(_spec(path, values.shape, (name,), dtype, fill, values.shape),
+                              create=True, open=True).result()
+                arr.write(values).result()
+                continue
+            arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
+                          open=True).result()
+            have = arr.read().result()
+            n = len(have)
+            same = have == values[:n] if n <= len(values) else np.zeros(n, bool)
+            k = n if same.all() else int(np.argmin(same))  # leading entries that agree
+            # An extension appends values; a crash between growing and writing leaves fill
+            # values after them, which are written now. Anything else is another sweep's.
+            if n > len(values) or np.any(have[k:] != fill):
+                raise ResultsError(
+                    f"The coordinate {name} in {self.root} is {have.tolist()} but this sweep "
+                    f"has {values.tolist()}; the store belongs to another sweep. Use a new --workdir.")
+            if n < len(values):
+                arr = arr.resize(exclusive_max=[len(values)], expand_only=True,
+                                 resize_metadata_only=True).result()
+            if k < len(values):
+                arr[k:].write(values[k:]).result()
 
     # ------------------------------------------------------------------ writing
     def epochs_done(self, index: tuple[int, ...]) -> int:
@@ -181,6 +217,11 @@ class ResultsStore:
             f.result()
 
 
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def _atomic_json(path: str, obj) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
@@ -194,7 +235,7 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
     """The results of a sweep as an `xarray.Dataset`.
 
     Dimensions: one per sweep axis (`depth`, `width`, `n_train`, `noise`, `data_draw`, `seed`)
-    and `epoch`. Records past a member's committed epoch read NaN. With `summaries`, the per-member
+    and `epoch`, each sorted. Records past a member's committed epoch read NaN. With `summaries`, the per-member
     summaries of SPEC.md §5-7 (`T0`, `k_star`, `T_star`, `trace_ratio`, `erank_star`,
     `alpha_star`, ...) are added (see `ntkbench.analysis.summarize`).
 
@@ -216,6 +257,12 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
         if name in ds:
             ds[name] = ds[name].where(mask)
     ds["diverged"] = ds["diverged"].astype(bool)
+    # An extended sweep stores added axis values after the old ones; present them sorted.
+    unsorted = [a for a in AXES if not ds.indexes[a].is_monotonic_increasing]
+    if unsorted:
+        ds = ds.sortby(unsorted)
+        if snapshot is not None:
+            snapshot = snapshot.sortby(unsorted)
     ds.attrs["ntk_every"] = int(_manifest_config(workdir).get("ntk_every", 0))
     if summaries:
         from ntkbench import analysis

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkbench import _ensemble as ens
-from ntkbench._config import ConfigError, SweepConfig
+from ntkbench._config import ConfigError, SweepConfig, same_sweep
+from ntkbench._config import extend as extend_config
 from ntkbench._datasets import Dataset, apply_noisy_replacement, draw_indices, load_dataset
 from ntkbench._models import CNN, MLP, concat
 from ntkbench._pipeline import MinibatchSchedule
@@ -99,10 +100,30 @@ def read_manifest(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def check_workdir(config: SweepConfig, workdir: str) -> dict | None:
-    """Refuse a workdir that holds another sweep or foreign files; returns its manifest."""
+def stored_config(manifest: dict) -> SweepConfig:
+    """The `SweepConfig` recorded in a manifest."""
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in manifest["config"].items() if k in fields})
+
+
+def check_workdir(config: SweepConfig, workdir: str, *, extend: bool = False
+                  ) -> tuple[dict | None, SweepConfig]:
+    """Refuse a workdir that holds another sweep or foreign files.
+
+    Args:
+        config: the sweep asked for.
+        workdir: its directory.
+        extend: allow `config` to add members to the sweep in `workdir` (see
+            `ntkbench.config.extend`); finished members are never touched.
+
+    Returns:
+        `(manifest or None, the config to run)`. The config to run is the stored one when the
+        workdir holds the same sweep (its axis values in the stored order), the grown one for an
+        extension, and `config` for a new workdir.
+    """
     if not os.path.exists(workdir):
-        return None
+        return None, config
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir={workdir!r} is a file; give a directory.")
     manifest = read_manifest(workdir)
@@ -112,17 +133,44 @@ def check_workdir(config: SweepConfig, workdir: str) -> dict | None:
             raise WorkdirError(
                 f"{workdir!r} is not empty and holds no ntkbench sweep ({', '.join(sorted(foreign)[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty --workdir.")
-        return None
-    if manifest.get("fingerprint") != config.fingerprint():
-        old = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in manifest["config"].items()
-                             if k in {f.name for f in dataclasses.fields(SweepConfig)}})
-        diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in old.diff(config).items()
-                         if k != "data_dir")
-        raise WorkdirError(
-            f"{workdir!r} holds a different sweep ({diff}); rerun with its config to resume, "
-            "or choose a new --workdir.")
-    return manifest
+        return None, config
+    old = stored_config(manifest)
+    if manifest.get("fingerprint") == config.fingerprint() or same_sweep(old, config):
+        return manifest, dataclasses.replace(old, data_dir=config.data_dir)
+    diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in old.diff(config).items()
+                     if k != "data_dir")
+    try:
+        grown = extend_config(old, config)
+    except ConfigError as e:
+        if extend:
+            raise WorkdirError(f"Cannot extend the sweep in {workdir!r}: {e}") from None
+        grown = None
+    if extend:
+        return manifest, grown
+    hint = (" or pass --extend to add the new members (finished ones are kept as they are),"
+            if grown is not None else "")
+    raise WorkdirError(
+        f"{workdir!r} holds a different sweep ({diff}); rerun with its config to resume,{hint} "
+        "or choose a new --workdir.")
+
+
+def plan_sweep(config: SweepConfig, manifest: dict | None, in_size: int, out_size: int, *,
+               num_devices: int = 1) -> tuple[ens.Plan, int]:
+    """The sweep's packs: the manifest's plan, plus packs for members it does not cover yet.
+
+    Returns:
+        `(plan, number of packs already in the manifest)`.
+    """
+    if manifest is None or not manifest.get("packs"):
+        return ens.plan(config, in_size, out_size, num_devices=num_devices), 0
+    old = ens.packs_from_json(config, manifest["packs"])
+    planned = {m.index for p in old for m in p.members}
+    new = [m for m in ens.members(config) if m.index not in planned]
+    packs = list(old)
+    if new:
+        first = max(p.pack_id for p in old) + 1
+        packs += ens.plan(config, in_size, out_size, only=new, first_pack_id=first).packs
+    return ens.account(config, packs, in_size, out_size, num_devices=num_devices), len(old)
 
 
 # ----------------------------------------------------------------------------- packs
@@ -307,7 +355,7 @@ def _local_rows(tree, axis: int, num_real: int):
 
 def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] = print,
               make_record: Callable | None = None, mesh=None, shard=None,
-              should_stop: Callable[[], bool] | None = None) -> SweepResult:
+              should_stop: Callable[[], bool] | None = None, extend: bool = False) -> SweepResult:
     """Train every member of the sweep (or of this share) and write its records.
 
     Resumable: done packs are skipped, started ones continue from their latest complete
@@ -325,6 +373,9 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
         shard: `"I/N"`: train only share I of N of the packs (independent jobs on one workdir).
         should_stop: polled between chunks; when it returns True the pack is checkpointed,
             its records flushed, and `Interrupted` is raised.
+        extend: `config` may add members to the sweep already in `workdir` (more widths,
+            seeds, ...; see `ntkbench.config.extend`). The new members get new packs; finished
+            members, their records and their packs are left exactly as they are.
 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.results.load(workdir)`.
@@ -333,12 +384,12 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
 
     shard = parse_shard(shard)
     workdir = os.path.abspath(workdir)  # Orbax requires absolute checkpoint paths
+    previous, config = check_workdir(config, workdir, extend=extend)
     data = load_dataset(config.dataset, config.data_dir or None)
     check_data(config, data)
-    check_workdir(config, workdir)
     in_size, out_size = data.input_size, data.num_classes
     num_devices = 1 if mesh is None else mesh.devices.size
-    plan = ens.plan(config, in_size, out_size, num_devices=num_devices)
+    plan, num_old = plan_sweep(config, previous, in_size, out_size, num_devices=num_devices)
     mine = shard_packs(plan, shard)
     primary = jax.process_index() == 0
     multi = jax.process_count() > 1
@@ -369,18 +420,28 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             manifest = {
                 "config": config.to_dict(), "fingerprint": config.fingerprint(),
                 "efficiency": plan.efficiency, "num_devices": num_devices,
-                "packs": [{"pack_id": p.pack_id, "members": [list(m.index) for m in p.members],
-                           "padded_width": p.padded_width, "padded_n_train": p.padded_n_train,
-                           "depth": p.depth} for p in plan.packs],
+                "packs": ens.packs_to_json(plan.packs),
+                "history": [] if previous is None else previous.get("history", []),
             }
             old = read_manifest(workdir)
-            if old is None or old.get("packs") != manifest["packs"]:
+            if old is not None and old.get("packs") != manifest["packs"]:
+                added = plan.packs[num_old:]
+                manifest["history"] = manifest["history"] + [{
+                    "extended": time.time(), "from_fingerprint": old.get("fingerprint"),
+                    "added_packs": [p.pack_id for p in added],
+                    "added_members": sum(p.num_members for p in added)}]
+            # The manifest (the plan) is written before the results store grows, so a crash
+            # in between is repaired by rerunning: the store grows when it is opened.
+            if (old is None or old.get("packs") != manifest["packs"]
+                    or old.get("fingerprint") != manifest["fingerprint"]):
                 _atomic_json(os.path.join(workdir, MANIFEST), manifest)
             os.makedirs(os.path.join(workdir, "packs"), exist_ok=True)
         log(f"sweep {config.name!r}: {config.num_members} members on {config.dataset} "
             f"({len(data.y_train)} train / {len(data.y_test)} test), {config.epochs} epochs, "
             f"{num_devices} device(s), {jax.process_count()} process(es)"
             + (f", share {shard[0]}/{shard[1]}: {len(mine)} of {len(plan.packs)} packs" if shard[1] > 1 else "")
+            + (f"; extended by {len(plan.packs) - num_old} new pack(s)" if previous is not None
+               and num_old < len(plan.packs) else "")
             + "\n" + plan.describe())
         snap = config.n_test * out_size if (config.ntk_every and config.ntk_snapshots) else 0
         root = os.path.join(workdir, "results")
