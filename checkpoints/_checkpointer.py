@@ -124,8 +124,9 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _fingerprints(leaves: list[jax.Array]) -> list[jax.Array]:
-    return [_leaf_fingerprint(x) for x in leaves]
+def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
+    """The fingerprints of all leaves as one `(len(leaves),)` uint32 array (one transfer)."""
+    return jnp.stack([_leaf_fingerprint(x) for x in leaves])
 
 
 def _describe(tree) -> dict[str, dict[str, Any]]:
@@ -146,8 +147,8 @@ def _fingerprint_tree(tree) -> dict[str, int]:
         groups.setdefault(devices, []).append(i)
     values: dict[int, int] = {}
     for members in groups.values():
-        got = jax.device_get(_fingerprints([paths_leaves[i][1] for i in members]))
-        values.update({i: int(v) for i, v in zip(members, got, strict=True)})
+        got = np.asarray(jax.device_get(_fingerprints([paths_leaves[i][1] for i in members])))
+        values.update({i: int(v) for i, v in zip(members, got.tolist(), strict=True)})
     return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
 
 
@@ -183,13 +184,14 @@ def _all_processes_agree(flag: bool) -> bool:
     return bool(np.all(flags))
 
 
-def _agree_on_save(force: bool, due: bool) -> tuple[bool, bool]:
-    """`(force on any process, due on process 0)`: one collective when there are several."""
+def _agree_on_save(force: bool, due: bool, busy: bool) -> tuple[bool, bool, bool]:
+    """`(force on any process, due on process 0, busy on any process)`: one collective when
+    there are several."""
     if jax.process_count() == 1:
-        return force, due
-    flags = np.asarray(multihost_utils.process_allgather(np.asarray([force, due], np.int32)))
-    flags = flags.reshape(jax.process_count(), 2)
-    return bool(flags[:, 0].any()), bool(flags[0, 1])
+        return force, due, busy
+    flags = np.asarray(multihost_utils.process_allgather(np.asarray([force, due, busy], np.int32)))
+    flags = flags.reshape(jax.process_count(), 3)
+    return bool(flags[:, 0].any()), bool(flags[0, 1]), bool(flags[:, 2].any())
 
 
 def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
@@ -282,6 +284,10 @@ class PackCheckpointer:
             multiprocessing_options=local,
         )
         self._last_save_time = self._clock()
+        self._async = bool(async_save)
+        self._owed = False  # a due save not made yet (postponed while the previous one writes)
+        #: How many due saves `should_save` postponed because the previous one was still writing.
+        self.postponed = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -308,9 +314,11 @@ class PackCheckpointer:
 
         Returns:
             False if a checkpoint of `epoch` or a later one already exists; otherwise True when
-            `force` (on any process), when `epoch` is a multiple of `save_every_epochs`, or when
-            `save_every_minutes` have passed since the last save (process 0's clock decides).
-            Every process gets the same answer.
+            `force` (on any process), or when a save is due: `epoch` is a multiple of
+            `save_every_epochs`, or `save_every_minutes` have passed since the last save
+            (process 0's clock decides). A due save is postponed (False) while the previous one
+            is still being written, so that checkpointing never stalls training; it is made at
+            the first call after that write has finished. Every process gets the same answer.
         """
         epoch = int(epoch)
         latest = self._mngr.latest_step()
@@ -318,9 +326,16 @@ class PackCheckpointer:
             return False
         elapsed = self._clock() - self._last_save_time
         due = bool(self._save_every_seconds) and elapsed >= self._save_every_seconds
-        force, due = _agree_on_save(bool(force), due)
+        busy = self._async and self._mngr.is_saving_in_progress()
+        force, due, busy = _agree_on_save(bool(force), due, busy)
         by_epochs = bool(self._save_every_epochs) and epoch % self._save_every_epochs == 0
-        return force or by_epochs or due
+        if force:
+            return True
+        if (by_epochs or due or self._owed) and busy:
+            self._owed = True
+            self.postponed += 1
+            return False
+        return by_epochs or due or self._owed
 
     def save(self, epoch: int, state, *, extra: Mapping[str, Any] | None = None) -> None:
         """Starts saving `state` as the checkpoint of `epoch` (async: see the module docstring).
@@ -370,6 +385,7 @@ class PackCheckpointer:
             force=True,
         )
         self._last_save_time = self._clock()
+        self._owed = False
 
     def wait(self) -> None:
         """Blocks until the pending save is finalized (durable) and old checkpoints are pruned."""

@@ -510,6 +510,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                     schedule.seek(epoch)  # the order is a function of (member, epoch): no state
                 set_status(pack, status="running", started=status.get("started", time.time()),
                            epochs_done=epoch)
+                saves = 0
                 while epoch < config.epochs:
                     steps = min(config.chunk_epochs - epoch % config.chunk_epochs,
                                 config.epochs - epoch)
@@ -525,6 +526,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                     stop = stop_requested()
                     if ckpt.should_save(epoch, force=stop):
                         ckpt.save(epoch, state)
+                        saves += 1
                         set_status(pack, last_checkpoint_epoch=epoch, last_checkpoint_time=time.time())
                     set_status(pack, epochs_done=epoch)
                     elapsed = time.perf_counter() - start
@@ -548,6 +550,9 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                                     snapshot_fn(state.model, pdata.x_test), pack.num_members)
                 _commit(store, indices, config.epochs, state.diverged, pack.num_members)
                 ckpt.wait()
+                if saves or ckpt.postponed:
+                    log(f"pack {pack.pack_id}: {saves} checkpoint(s) written; {ckpt.postponed} "
+                        "due one(s) postponed while the previous one was still writing")
             sync(f"ntkbench-pack-{pack.pack_id}-done")
             if primary:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)  # results are complete; free the disk

@@ -174,6 +174,22 @@ def test_should_save_by_epochs_and_force(tmp_path):
             ckpt.save(6, make_state(0))
 
 
+def test_due_save_is_postponed_while_the_previous_one_writes(tmp_path, monkeypatch):
+    with PackCheckpointer(tmp_path, save_every_epochs=2) as ckpt:
+        ckpt.save(2, make_state(0))
+        ckpt.wait()
+        monkeypatch.setattr(ckpt._mngr, "is_saving_in_progress", lambda: True)
+        assert not ckpt.should_save(3)  # not due
+        assert not ckpt.should_save(4)  # due, but the disk is still busy: training goes on
+        assert ckpt.should_save(5, force=True)  # preemption and the last epoch never wait
+        assert ckpt.postponed == 1
+        monkeypatch.setattr(ckpt._mngr, "is_saving_in_progress", lambda: False)
+        assert ckpt.should_save(5)  # the postponed save, at the first chance
+        ckpt.save(5, make_state(1))
+        assert not ckpt.should_save(7)
+        assert ckpt.should_save(8)
+
+
 def test_should_save_by_time(tmp_path):
     now = [1000.0]
     with PackCheckpointer(tmp_path, save_every_minutes=2, clock=lambda: now[0]) as ckpt:
@@ -184,6 +200,7 @@ def test_should_save_by_time(tmp_path):
         assert ckpt.should_save(3)
         ckpt.save(3, make_state(0))
         assert not ckpt.should_save(4)  # the clock restarts at each save
+        ckpt.wait()
         now[0] += 120
         assert ckpt.should_save(5)
     with PackCheckpointer(tmp_path, clock=lambda: now[0]) as ckpt:  # both criteria disabled
