@@ -15,7 +15,11 @@ All three record the same numbers every epoch (train and test loss and accuracy 
 `n_test` test samples), so they do the same work.
 
 Each way runs once to compile (reported as "first run", compile included) and once more timed
-("steady").
+("steady"). The achieved rate is also given in GFLOP/s of useful work (the unpadded members'
+forward and backward passes on the training set and the forward pass on the test set; the count
+is checked against XLA's cost analysis of one member's step) and as a fraction of a large f32
+matmul timed in the same process, the machine's peak. A method's ratio to another can never
+exceed the ratio of that peak to the other's achieved rate.
 """
 
 from __future__ import annotations
@@ -127,11 +131,43 @@ def run_loop(c, data):
     jax.block_until_ready(last)
 
 
+def useful_flops_per_epoch(c, data) -> float:
+    """FLOPs of one epoch of all members: forward + backward (3x forward) on `n_train` samples
+    and a forward pass on the `n_test` test samples, at each member's own width."""
+    return sum(ensemble.flops_per_example(c, data.input_size, data.num_classes, m.width, m.depth)
+               * (3 * m.n_train + c.n_test) for m in ensemble.members(c))
+
+
+def xla_step_flops(c, data, width: int) -> float:
+    """XLA's cost analysis of one member's jitted step (the loop's step) at `width`."""
+    optim = optax.adam(c.lr, b1=c.b1, b2=c.b2)
+    model = MLP(data.input_size, data.num_classes, width, c.depth[0], key=jax.random.key(0))
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    x_test, y_test = _test_set(c, data)
+    x, y = x_test[:1].repeat(c.n_train[0], 0), y_test[:1].repeat(c.n_train[0], 0)
+    params, static = eqx.partition((model, opt_state), eqx.is_array)
+    step = _step_fn(optim, x_test, y_test)
+    fn = jax.jit(lambda p, x, y: step(*eqx.combine(p, static), x, y))
+    cost = fn.lower(params, x, y).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
 def main(argv):
     del argv
+    from ntkbench.profiling import matmul_peak
+
     c = _config()
     data = load_dataset("digits")
     member_epochs = c.num_members * c.epochs
+    flops = useful_flops_per_epoch(c, data) * c.epochs
+    w = max(c.widths)
+    m_w = [m for m in ensemble.members(c) if m.width == w][0]
+    mine = ensemble.flops_per_example(c, data.input_size, data.num_classes, w, m_w.depth) * (
+        3 * m_w.n_train + c.n_test)
+    print(f"useful work: {flops / 1e9:.1f} GFLOP; width {w}: {mine / 1e6:.1f} MFLOP per "
+          f"member-epoch by count, {xla_step_flops(c, data, w) / 1e6:.1f} by XLA's cost analysis "
+          "(which adds the elementwise ops and Adam)")
     print(f"{c.num_members} members (widths {c.widths} x {c.num_seeds} seeds), {c.epochs} epochs, "
           f"full batch of {c.n_train[0]} digits, depth {c.depth[0]}")
     rows = {}
@@ -145,11 +181,31 @@ def main(argv):
         rows[name] = (member_epochs / first, member_epochs / steady)
         if name == "packs":
             print(res.describe())
+    peak = matmul_peak()["gflop_per_s"]
     base_loop, base_width = rows["member loop"][1], rows["per-width vmap"][1]
-    print(f"\n{'method':16s} {'first run':>14s} {'steady':>14s} {'x loop':>8s} {'x per-width':>12s}")
+    print(f"\nmatmul peak in this run: {peak:,.0f} GFLOP/s")
+    print(f"{'method':16s} {'first run':>14s} {'steady':>14s} {'GFLOP/s':>8s} {'%peak':>6s} "
+          f"{'x loop':>7s} {'x per-width':>12s}")
     for name, (first, steady) in rows.items():
-        print(f"{name:16s} {first:>10,.0f} m-e/s {steady:>10,.0f} m-e/s {steady / base_loop:>7.1f}x "
-              f"{steady / base_width:>11.2f}x")
+        gflops = steady / member_epochs * flops / 1e9
+        print(f"{name:16s} {first:>10,.0f} m-e/s {steady:>10,.0f} m-e/s {gflops:>8.1f} "
+              f"{100 * gflops / peak:>5.1f}% {steady / base_loop:>6.1f}x {steady / base_width:>11.2f}x")
+    # The largest matmul of the workload on its own: an upper bound for what these shapes allow.
+    a = jax.random.normal(jax.random.key(0), (c.n_train[0], w))
+    b = jax.random.normal(jax.random.key(1), (c.num_seeds, w, w))
+    mm = jax.jit(jax.vmap(lambda b: a @ b))
+    jax.block_until_ready(mm(b))
+    reps = 200
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = mm(b)
+    jax.block_until_ready(out)
+    mm_gflops = reps * 2 * c.n_train[0] * w * w * c.num_seeds / (time.perf_counter() - t0) / 1e9
+    print(f"the workload's largest matmul alone ({c.num_seeds} x [{c.n_train[0]}, {w}] @ [{w}, {w}]):"
+          f" {mm_gflops:.1f} GFLOP/s ({mm_gflops / peak:.0%} of peak)")
+    loop_gflops = base_loop / member_epochs * flops / 1e9
+    print(f"10x the loop would need {10 * loop_gflops:,.0f} GFLOP/s of useful work, "
+          f"{10 * loop_gflops / peak:.0%} of this machine's matmul peak.")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ flags, sets JAX options and touches `jax.distributed`; the library receives a fr
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from collections.abc import Sequence
@@ -296,6 +297,22 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
+class _OwnInfoOnly(std_logging.Filter):
+    """Progress (INFO) from ntkbench only; libraries' INFO chatter (Orbax's per-save lines,
+    JAX's backend probing) is dropped, their warnings and errors are kept."""
+
+    def __init__(self):
+        super().__init__()
+        import ntkbench
+        from ntkbench import checkpoints, kernels
+
+        self._roots = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                            for m in (ntkbench, checkpoints, kernels, sys.modules[__name__]))
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or os.path.abspath(record.pathname).startswith(self._roots)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] not in COMMANDS:
@@ -307,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
         return {"run": cmd_run, "status": cmd_status, "report": cmd_report,
                 "profile": cmd_profile, "presets": cmd_presets}[command](rest)

@@ -6,3 +6,4 @@ from ntkbench._ensemble import Plan as Plan
 from ntkbench._ensemble import member_keys as member_keys
 from ntkbench._ensemble import members as members
 from ntkbench._ensemble import plan as plan
+from ntkbench._ensemble import flops_per_example as flops_per_example
