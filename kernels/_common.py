@@ -180,3 +180,56 @@ def out_size(f: Callable, params, x: Array) -> tuple[int, object]:
 def sample_major(t: Float[Array, "n1 o1 n2 o2"]) -> Float[Array, "n1 n2 o1 o2"]:
     """`(i, a, j, b)` layout to the rank-4 NTK layout `(i, j, a, b)`."""
     return jnp.transpose(t, (0, 2, 1, 3))
+
+
+def members_in_sequence() -> bool:
+    """Whether a vmapped kernel runs one member at a time (see `one_at_a_time`): on one CPU device.
+
+    On a CPU every matmul of one member already keeps all cores busy, so batching members gains
+    no parallelism; it only holds every member's intermediates at once (a pack of 20 structured
+    NTKs at width 256: 410 MiB of temporaries against 28 MiB for one member), which the host must
+    page in afresh on every call and which no longer fit in cache. A single device cannot shard
+    the member axis, so the loop never runs over a sharded axis; with several devices (a mesh)
+    the batched program is kept so that GSPMD partitions it.
+    """
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def one_at_a_time(fn: Callable, model, *arrays):
+    """`fn(model, *arrays)`, computed member by member when vmapped and `members_in_sequence()`.
+
+    Under `jax.vmap` / `eqx.filter_vmap` (over stacked members, or over batches of inputs) the
+    call becomes a `lax.map` over the batched axis: the program holds one member's intermediates
+    at a time, like a loop of single calls, and the results are those of single calls. Otherwise
+    (not vmapped, or several devices) it is `fn` itself. Works under `jax.jit` and nested vmaps.
+
+    Args:
+        fn: `(model, *arrays) -> pytree of arrays`, traceable.
+        model: a PyTree whose array leaves may carry the batch axis; other leaves are static.
+        arrays: arrays or None.
+    """
+    if not members_in_sequence():
+        return fn(model, *arrays)
+    params, static = eqx.partition(model, eqx.is_array)
+    leaves, treedef = jax.tree.flatten((params, arrays))
+
+    def call(*flat):
+        p, a = jax.tree.unflatten(treedef, flat)
+        return fn(eqx.combine(p, static), *a)
+
+    mapped = jax.custom_batching.custom_vmap(call)
+
+    @mapped.def_vmap
+    def rule(axis_size, in_batched, *flat):
+        del axis_size
+
+        def one(batched):
+            it = iter(batched)
+            # `mapped` again, so that an enclosing vmap level also maps instead of batching.
+            return mapped(*(next(it) if b else x for x, b in zip(flat, in_batched)))
+
+        with jax.default_matmul_precision(MATMUL_PRECISION):
+            out = lax.map(one, [x for x, b in zip(flat, in_batched) if b])
+        return out, jax.tree.map(lambda _: True, out)
+
+    return mapped(*leaves)

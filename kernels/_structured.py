@@ -19,7 +19,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._common import block_len, check_inputs, gram, map_examples, sample_major, tiled
+from ._common import (
+    block_len,
+    check_inputs,
+    gram,
+    map_examples,
+    one_at_a_time,
+    sample_major,
+    tiled,
+)
 from ._protocol import check_structured
 
 
@@ -102,8 +110,15 @@ def ntk_structured(
     """Structured NTK (see the module docstring); `model` must implement `StructuredModel`.
 
     Memory: the features `n·(Σ in_l + O·Σ out_l)` floats (computed `block_size` examples at a
-    time) plus the output; with `block_size`, one `(b, b, O, O)` tile of intermediates.
+    time) plus the output; with `block_size`, one `(b, b, O, O)` tile of intermediates. Vmapped
+    over a pack on one CPU device, members are computed one at a time (`one_at_a_time`).
     """
+    return one_at_a_time(
+        lambda m, a, b: _ntk_structured(m, a, b, block_size), model, x1, x2
+    )
+
+
+def _ntk_structured(model, x1: Array, x2: Array | None, block_size: int | None):
     layout, f1, f2, n1, n2, o = _prepare(model, x1, x2, block_size)
     like = jax.ShapeDtypeStruct((n1, n2, o, o), f1.deltas[0].dtype)
     return tiled(
