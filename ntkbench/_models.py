@@ -21,6 +21,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 Init = Literal["lecun_normal", "xavier_uniform", "he_uniform"]
@@ -141,6 +142,39 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Array) -> Float[Array, " o"]:
         return self.structured_forward(x)[0]
+
+    def padded(self, pad_to: int) -> MLP:
+        """The same network inside a `pad_to`-wide shape, as `MLP(..., pad_to=pad_to)` builds it.
+
+        Works on a stacked pack too (it pads the trailing axes). The zero padding is done on the
+        host, exactly, so the real entries keep their bits.
+        """
+        pad_to = int(pad_to)
+        if pad_to < self.padded_width:
+            raise ValueError(f"pad_to={pad_to} is smaller than the current width "
+                             f"{self.padded_width}; use pad_to >= {self.padded_width}.")
+        sizes = [self.in_size] + [pad_to] * self.depth + [self.out_size]
+
+        def pad(a, shape):
+            a = np.asarray(a)
+            lead = a.ndim - len(shape)
+            return jnp.asarray(np.pad(a, [(0, 0)] * lead + [
+                (0, s - a.shape[lead + i]) for i, s in enumerate(shape)]))
+
+        net = object.__new__(MLP)
+        fields = dict(
+            weights=tuple(pad(W, (sizes[l + 1], sizes[l])) for l, W in enumerate(self.weights)),
+            biases=tuple(pad(b, (sizes[l + 1],)) for l, b in enumerate(self.biases)),
+            masks=tuple(pad(m, (pad_to,)) for m in self.masks),
+            width=self.width,
+            in_size=self.in_size,
+            out_size=self.out_size,
+            depth=self.depth,
+            padded_width=pad_to,
+        )
+        for name, value in fields.items():
+            object.__setattr__(net, name, value)
+        return net
 
     def unpadded(self) -> MLP:
         """The same network at its true width (one member, concrete `width` only)."""

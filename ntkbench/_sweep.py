@@ -176,6 +176,18 @@ def plan_sweep(config: SweepConfig, manifest: dict | None, in_size: int, out_siz
 # ----------------------------------------------------------------------------- packs
 
 
+@eqx.filter_jit
+def _init_mlps(keys, in_size: int, out_size: int, width: int, depth: int, init: str) -> MLP:
+    """Unpadded MLPs, one per key: one compiled program per shape, shared by every pack (so a
+    member's initial bits never depend on its pack), instead of one compile per operation."""
+    return eqx.filter_vmap(lambda k: MLP(in_size, out_size, width, depth, key=k, init=init))(keys)
+
+
+@eqx.filter_jit
+def _init_cnns(keys, image_shape: tuple, out_size: int, init: str) -> CNN:
+    return eqx.filter_vmap(lambda k: CNN(image_shape, out_size, key=k, init=init))(keys)
+
+
 def build_models(config: SweepConfig, pack: ens.Pack, in_size: int, image_shape, out_size: int):
     """The stacked (padded) model of a pack, members in pack order."""
     by_width: dict[int, list[int]] = {}
@@ -185,11 +197,10 @@ def build_models(config: SweepConfig, pack: ens.Pack, in_size: int, image_shape,
     for width, js in by_width.items():
         keys = jnp.stack([ens.member_keys(config, pack.members[j])["init"] for j in js])
         if config.model == "mlp":
-            make = lambda k, w=width: MLP(in_size, out_size, w, pack.depth, key=k,
-                                          pad_to=pack.padded_width, init=config.init)
+            block = _init_mlps(keys, in_size, out_size, width, pack.depth, config.init)
+            blocks.append(block.padded(pack.padded_width))
         else:
-            make = lambda k: CNN(image_shape, out_size, key=k, init=config.init)
-        blocks.append(eqx.filter_vmap(make)(keys))
+            blocks.append(_init_cnns(keys, tuple(image_shape), out_size, config.init))
         order.extend(js)
     stacked = concat(blocks)
     inverse = np.argsort(np.asarray(order))

@@ -109,3 +109,16 @@ def test_cnn_ensemble():
     assert out.shape == (2, 5, 4) and np.all(np.isfinite(out))
     with pytest.raises(ValueError, match="too small"):
         CNN((4, 4, 1), 4, key=keys[0])
+
+
+def test_padding_a_built_pack_equals_building_it_padded():
+    keys = jax.random.split(jax.random.key(7), 3)
+    built = eqx.filter_vmap(lambda k: MLP(6, 4, 5, 2, key=k, pad_to=12))(keys)
+    late = eqx.filter_vmap(lambda k: MLP(6, 4, 5, 2, key=k))(keys).padded(12)
+    a, sa = eqx.partition(built, eqx.is_array)
+    b, sb = eqx.partition(late, eqx.is_array)
+    assert sa == sb
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert u.dtype == v.dtype and np.array_equal(u, v)
+    with pytest.raises(ValueError, match="smaller"):
+        late.padded(8)
