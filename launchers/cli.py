@@ -113,6 +113,17 @@ def _define_runtime_flags(fv) -> None:
     flags.DEFINE_list("local_device_ids", None, "Local devices this process uses.", flag_values=fv)
     flags.DEFINE_string("shard", None, "I/N: run only share I of N of the packs (job arrays).", flag_values=fv)
     flags.DEFINE_integer("num_cpu_devices", None, "Fake CPU devices (testing sharding on CPU).", flag_values=fv)
+    flags.DEFINE_string("compilation_cache", _default_cache(), "Directory of JAX's persistent "
+                        "compilation cache, so that resumed and repeated runs skip recompiling "
+                        "(env NTKBENCH_COMPILATION_CACHE; 'none' disables).", flag_values=fv)
+
+
+def _default_cache() -> str:
+    env = os.environ.get("NTKBENCH_COMPILATION_CACHE")
+    if env is not None:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ntkbench", "xla")
 
 
 def _init_runtime(fv):
@@ -122,6 +133,9 @@ def _init_runtime(fv):
 
     if fv.num_cpu_devices:
         jax.config.update("jax_num_cpu_devices", fv.num_cpu_devices)
+    if fv.compilation_cache and fv.compilation_cache.lower() != "none":
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(fv.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     explicit = fv.coordinator_address is not None
     if explicit and (fv.num_processes is None or fv.process_id is None):
         raise UsageError("--coordinator_address needs --num_processes and --process_id.")
