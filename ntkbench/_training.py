@@ -7,8 +7,10 @@ NTK is recorded when `t` is an NTK epoch, and then the update is applied. `evalu
 final state `E`.
 
 A member whose loss or gradient becomes non-finite is marked diverged at that record and frozen
-(its parameters and optimizer state stop changing); its metrics read NaN from then on. The other
-members of the pack are unaffected: every operation is per member under `vmap`.
+(its parameters stop changing); its metrics read NaN from then on. Its optimizer state is left to
+run on (it may turn non-finite): it never reaches the frozen parameters, and not selecting it
+saves a pass over the optimizer state every epoch (about 10% of an epoch of a width-256 pack).
+The other members of the pack are unaffected: every operation is per member under `vmap`.
 """
 
 from __future__ import annotations
@@ -193,7 +195,6 @@ class PackProgram:
             ok = ok & jnp.isfinite(metrics["train_loss"])
         now_diverged = diverged | ~ok | ~jnp.isfinite(metrics["train_loss"])
         new_model = _select(now_diverged, model, new_model)
-        new_opt = _select(now_diverged, opt_state, new_opt)
         return new_model, new_opt, now_diverged, metrics
 
     def _train_chunk(self, data: PackData, state: PackState, num_epochs: int, batches=None):
