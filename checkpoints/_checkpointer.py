@@ -219,6 +219,10 @@ class PackCheckpointer:
         save_every_epochs: `should_save` is True at every epoch divisible by this (0 disables).
         save_every_minutes: `should_save` is True once this many minutes have passed since the
             last save, restore or construction (0 disables).
+        max_overhead: postpone due saves while the time `save` and `wait` have blocked the
+            caller exceeds this fraction of the time since construction (0 disables). With
+            frequent saves of a large state this bounds the cost of checkpointing; forced saves
+            are never postponed.
         async_save: write in a background thread (see the module docstring); False makes
             `save` return only once the checkpoint is durable.
         clock: seconds as a float, for the time criterion (tests inject a fake one).
@@ -241,12 +245,15 @@ class PackCheckpointer:
         max_to_keep: int = 2,
         save_every_epochs: int = 0,
         save_every_minutes: float = 0.0,
+        max_overhead: float = 0.0,
         async_save: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep}; keep at least 1 checkpoint (2 leaves "
                              "a fallback when the newest one is corrupt).")
+        if not 0.0 <= max_overhead < 1.0:
+            raise ValueError(f"max_overhead={max_overhead}; give a fraction in [0, 1) (0 disables).")
         if save_every_epochs < 0 or save_every_minutes < 0 or not math.isfinite(save_every_minutes):
             raise ValueError(
                 f"save_every_epochs={save_every_epochs}, save_every_minutes={save_every_minutes};"
@@ -285,6 +292,9 @@ class PackCheckpointer:
         )
         self._last_save_time = self._clock()
         self._async = bool(async_save)
+        self._max_overhead = float(max_overhead)
+        self._start = self._clock()
+        self._blocked = 0.0  # seconds `save` and `wait` have blocked the caller
         self._owed = False  # a due save not made yet (postponed while the previous one writes)
         #: How many due saves `should_save` postponed because the previous one was still writing.
         self.postponed = 0
@@ -317,8 +327,9 @@ class PackCheckpointer:
             `force` (on any process), or when a save is due: `epoch` is a multiple of
             `save_every_epochs`, or `save_every_minutes` have passed since the last save
             (process 0's clock decides). A due save is postponed (False) while the previous one
-            is still being written, so that checkpointing never stalls training; it is made at
-            the first call after that write has finished. Every process gets the same answer.
+            is still being written, so that checkpointing never stalls training, and while saving
+            has blocked the caller for more than `max_overhead` of the time; it is made at the
+            first call after that. Every process gets the same answer.
         """
         epoch = int(epoch)
         latest = self._mngr.latest_step()
@@ -327,6 +338,8 @@ class PackCheckpointer:
         elapsed = self._clock() - self._last_save_time
         due = bool(self._save_every_seconds) and elapsed >= self._save_every_seconds
         busy = self._async and self._mngr.is_saving_in_progress()
+        if self._max_overhead:
+            busy = busy or self._blocked > self._max_overhead * (self._clock() - self._start)
         force, due, busy = _agree_on_save(bool(force), due, busy)
         by_epochs = bool(self._save_every_epochs) and epoch % self._save_every_epochs == 0
         if force:
@@ -348,6 +361,13 @@ class PackCheckpointer:
                 fingerprint), returned by `restore_latest`. JSON turns tuples into lists and
                 keys into strings.
         """
+        t0 = self._clock()
+        try:
+            self._save(epoch, state, extra)
+        finally:
+            self._blocked += self._clock() - t0
+
+    def _save(self, epoch, state, extra) -> None:
         epoch = int(epoch)
         latest = self._mngr.latest_step()
         if latest is not None and epoch <= latest:
@@ -389,7 +409,9 @@ class PackCheckpointer:
 
     def wait(self) -> None:
         """Blocks until the pending save is finalized (durable) and old checkpoints are pruned."""
+        t0 = self._clock()
         self._mngr.wait_until_finished()
+        self._blocked += self._clock() - t0
 
     def close(self) -> None:
         """Waits for the pending save, then releases the manager's threads."""

@@ -69,6 +69,7 @@ class SweepConfig:
     pack_memory_mb: int = 2048
     checkpoint_every_epochs: int = 100
     checkpoint_every_minutes: float = 10.0
+    checkpoint_max_overhead: float = 0.05
 
     # ------------------------------------------------------------------ derived
     def axis_values(self) -> dict[str, tuple]:
@@ -194,8 +195,13 @@ def from_config_dict(cfg: ml_collections.ConfigDict | dict) -> SweepConfig:
 
 #: Fields an extension (`ntkbench run --extend`) may grow: the values of the sweep axes.
 EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws")
-#: Fields that never change results (not part of the comparison of two sweeps).
-_NOT_RESULTS = ("name", "data_dir")
+#: Fields that never change results (not part of the comparison of two sweeps); the checkpoint
+#: settings may change between the runs of one sweep.
+_NOT_RESULTS = ("name", "data_dir", "checkpoint_every_epochs", "checkpoint_every_minutes",
+                "checkpoint_max_overhead")
+#: Fields a rerun on an existing workdir takes from the command line, not from the manifest.
+RUN_SETTINGS = ("data_dir", "checkpoint_every_epochs", "checkpoint_every_minutes",
+                "checkpoint_max_overhead")
 
 
 def _canonical(c: SweepConfig) -> dict[str, Any]:
@@ -250,7 +256,7 @@ def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
                 f"config.{name}={b[name]} is smaller than the existing sweep's {a[name]}; an "
                 f"extension keeps every member: use config.{name} >= {a[name]}.")
         merged[name] = b[name]
-    out = dataclasses.replace(old, data_dir=new.data_dir, **merged)
+    out = dataclasses.replace(old, **{k: getattr(new, k) for k in RUN_SETTINGS}, **merged)
     validate(out)
     return out
 
@@ -288,6 +294,8 @@ def validate(c: SweepConfig) -> None:
            f"config.ntk_method={c.ntk_method!r} is unknown; choose auto, structured, implicit or jacobian.")
     _check(0 < c.min_pack_efficiency <= 1, "config.min_pack_efficiency must lie in (0, 1].")
     _check(c.checkpoint_every_minutes >= 0, "config.checkpoint_every_minutes must be >= 0.")
+    _check(0 <= c.checkpoint_max_overhead < 1,
+           "config.checkpoint_max_overhead must lie in [0, 1) (0 = never postpone a due save).")
     _check(not (c.layer_ntks and c.model != "mlp"),
            "config.layer_ntks needs dense layers (model='mlp'); set --config.layer_ntks=false.")
     if c.model == "cnn":

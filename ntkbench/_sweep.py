@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkbench import _ensemble as ens
-from ntkbench._config import ConfigError, SweepConfig, same_sweep
+from ntkbench._config import RUN_SETTINGS, ConfigError, SweepConfig, same_sweep
 from ntkbench._config import extend as extend_config
 from ntkbench._datasets import Dataset, apply_noisy_replacement, draw_indices, load_dataset
 from ntkbench._models import CNN, MLP, concat
@@ -136,7 +136,7 @@ def check_workdir(config: SweepConfig, workdir: str, *, extend: bool = False
         return None, config
     old = stored_config(manifest)
     if manifest.get("fingerprint") == config.fingerprint() or same_sweep(old, config):
-        return manifest, dataclasses.replace(old, data_dir=config.data_dir)
+        return manifest, dataclasses.replace(old, **{k: getattr(config, k) for k in RUN_SETTINGS})
     diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in old.diff(config).items()
                      if k != "data_dir")
     try:
@@ -506,7 +506,8 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             ckpt_dir = os.path.join(workdir, "checkpoints", f"pack_{pack.pack_id:04d}")
             with PackCheckpointer(ckpt_dir, max_to_keep=2,
                                   save_every_epochs=config.checkpoint_every_epochs,
-                                  save_every_minutes=config.checkpoint_every_minutes) as ckpt:
+                                  save_every_minutes=config.checkpoint_every_minutes,
+                                  max_overhead=config.checkpoint_max_overhead) as ckpt:
                 found = ckpt.restore_latest(state)
                 epoch = 0
                 if found is None and snapshot_fn is not None:
@@ -567,8 +568,8 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                 save_seconds += time.perf_counter() - t_save
                 if saves or ckpt.postponed:
                     log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
-                        f"{save_seconds:.2f}s by them; {ckpt.postponed} due one(s) postponed while "
-                        "the previous one was still writing")
+                        f"{save_seconds:.2f}s by them; {ckpt.postponed} due one(s) postponed (the "
+                        "previous one still writing, or checkpoint_max_overhead reached)")
             sync(f"ntkbench-pack-{pack.pack_id}-done")
             if primary:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)  # results are complete; free the disk

@@ -190,6 +190,31 @@ def test_due_save_is_postponed_while_the_previous_one_writes(tmp_path, monkeypat
         assert ckpt.should_save(8)
 
 
+def test_max_overhead_postpones_saves_that_would_exceed_the_budget(tmp_path, monkeypatch):
+    now = [0.0]
+    with PackCheckpointer(tmp_path, save_every_epochs=1, max_overhead=0.1,
+                          clock=lambda: now[0]) as ckpt:
+        monkeypatch.setattr(ckpt._mngr, "is_saving_in_progress", lambda: False)
+        real = ckpt._save
+
+        def slow(*args):
+            now[0] += 1.0  # this save blocks the caller for one second
+            real(*args)
+
+        monkeypatch.setattr(ckpt, "_save", slow)
+        now[0] = 5.0
+        assert ckpt.should_save(1)
+        ckpt.save(1, make_state(0))  # blocked 1 s of the 6 s so far
+        now[0] = 9.0
+        assert not ckpt.should_save(2)  # 1 s > 10% of 9 s
+        assert ckpt.should_save(2, force=True)
+        now[0] = 11.0
+        assert ckpt.should_save(3)  # 1 s < 10% of 11 s: the postponed save is made
+        assert ckpt.postponed == 1
+    with pytest.raises(ValueError, match="max_overhead"):
+        PackCheckpointer(tmp_path, max_overhead=1.5)
+
+
 def test_should_save_by_time(tmp_path):
     now = [1000.0]
     with PackCheckpointer(tmp_path, save_every_minutes=2, clock=lambda: now[0]) as ckpt:

@@ -143,3 +143,11 @@ def test_store_grows_idempotently_and_repairs_an_interrupted_growth(tmp_path):
         ResultsStore(str(tmp_path), dataclasses.replace(small, widths=(4, 32)))
     with pytest.raises(ResultsError, match="another sweep"):
         ResultsStore(str(tmp_path), small)  # never shrinks
+
+
+def test_checkpoint_settings_may_change_between_runs(extended):
+    w, *_ = extended
+    again = _config(widths=(4, 16, 8), num_seeds=3, checkpoint_every_epochs=1,
+                    checkpoint_every_minutes=0.5, checkpoint_max_overhead=0.2)
+    assert _run(again, w).member_epochs == 0
+    assert json.loads((w / "manifest.json").read_text())["config"]["checkpoint_every_epochs"] == 1
