@@ -191,10 +191,9 @@ def cmd_run(argv: list[str]) -> int:
     except _sweep.ConfigError as e:
         return _fail(str(e))
     mesh = _init_runtime(fv)
+    from ntkbench import recording
     from ntkbench._datasets import DatasetError
     from ntkbench._results import ResultsError
-
-    from ntkbench import recording
 
     try:
         outcome = _sweep.run_sweep(config, workdir, log=logging.info,

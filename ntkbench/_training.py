@@ -27,7 +27,6 @@ from jaxtyping import Array, Bool, Float, Int
 from ntkbench._config import SweepConfig
 
 
-
 class PackData(NamedTuple):
     """Device data of a pack. Members index one shared copy of the training set."""
 
