@@ -161,36 +161,30 @@ class MLP(eqx.Module):
             return jnp.asarray(np.pad(a, [(0, 0)] * lead + [
                 (0, s - a.shape[lead + i]) for i, s in enumerate(shape)]))
 
-        net = object.__new__(MLP)
-        fields = dict(
-            weights=tuple(pad(W, (sizes[l + 1], sizes[l])) for l, W in enumerate(self.weights)),
-            biases=tuple(pad(b, (sizes[l + 1],)) for l, b in enumerate(self.biases)),
-            masks=tuple(pad(m, (pad_to,)) for m in self.masks),
-            width=self.width,
-            in_size=self.in_size,
-            out_size=self.out_size,
-            depth=self.depth,
-            padded_width=pad_to,
+        return self._resized(
+            pad_to,
+            tuple(pad(W, (sizes[l + 1], sizes[l])) for l, W in enumerate(self.weights)),
+            tuple(pad(b, (sizes[l + 1],)) for l, b in enumerate(self.biases)),
+            tuple(pad(m, (pad_to,)) for m in self.masks),
         )
-        for name, value in fields.items():
-            object.__setattr__(net, name, value)
-        return net
 
     def unpadded(self) -> MLP:
         """The same network at its true width (one member, concrete `width` only)."""
         w = int(self.width)
         sizes = [self.in_size] + [w] * self.depth + [self.out_size]
-        net = object.__new__(MLP)
-        fields = dict(
-            weights=tuple(W[: sizes[l + 1], : sizes[l]] for l, W in enumerate(self.weights)),
-            biases=tuple(b[: sizes[l + 1]] for l, b in enumerate(self.biases)),
-            masks=tuple(m[:w] for m in self.masks),
-            width=self.width,
-            in_size=self.in_size,
-            out_size=self.out_size,
-            depth=self.depth,
-            padded_width=w,
+        return self._resized(
+            w,
+            tuple(W[: sizes[l + 1], : sizes[l]] for l, W in enumerate(self.weights)),
+            tuple(b[: sizes[l + 1]] for l, b in enumerate(self.biases)),
+            tuple(m[:w] for m in self.masks),
         )
+
+    def _resized(self, padded_width: int, weights, biases, masks) -> MLP:
+        """This network with new arrays at another padded width (no re-initialization)."""
+        net = object.__new__(MLP)
+        fields = dict(weights=weights, biases=biases, masks=masks, width=self.width,
+                      in_size=self.in_size, out_size=self.out_size, depth=self.depth,
+                      padded_width=padded_width)
         for name, value in fields.items():
             object.__setattr__(net, name, value)
         return net
