@@ -7,7 +7,9 @@ Runs the quick preset's sweep (same members, NTK records included) in one proces
    chunk boundaries, where the state leaves the compiled scan);
 2. with `chunk_epochs=1`, never vs every epoch (the worst case: one save per epoch).
 Each run is timed end to end (compile included; it is the same for both runs of a pair) and the
-overhead `t_ckpt / t_never - 1` is printed per pair.
+overhead `t_ckpt / t_never - 1` is printed per pair, with the checkpoints actually written (due
+saves are postponed while the previous one is writing or `checkpoint_max_overhead` is spent;
+`--max_overhead=0` lifts the budget) and how long saving blocked training.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ntkbench.sweep import run_sweep
 
 _EPOCHS = flags.DEFINE_integer("epochs", 100, "Epochs of the quick preset to run.")
 _CHUNK = flags.DEFINE_integer("chunk_epochs", 10, "Epochs per compiled chunk for pair 1.")
+_BUDGET = flags.DEFINE_float("max_overhead", None, "config.checkpoint_max_overhead (default: the "
+                             "preset's; 0 never postpones a due save for the budget).")
 
 
 def _time(config) -> tuple[float, int, int, float]:
@@ -47,9 +51,11 @@ def main(argv):
     del argv
     base = cfg.from_config_dict(cfg.get_config("quick"))
     base = dataclasses.replace(base, epochs=_EPOCHS.value, checkpoint_every_minutes=0.0)
+    if _BUDGET.value is not None:
+        base = dataclasses.replace(base, checkpoint_max_overhead=_BUDGET.value)
     member_epochs = base.num_members * base.epochs
     print(f"quick preset, {base.num_members} members x {base.epochs} epochs, NTK every "
-          f"{base.ntk_every} epochs")
+          f"{base.ntk_every} epochs, checkpoint_max_overhead={base.checkpoint_max_overhead}")
     _time(dataclasses.replace(base, epochs=2, chunk_epochs=1, checkpoint_every_epochs=0))  # warm caches
     for chunk in (_CHUNK.value, 1):
         never = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=0)
