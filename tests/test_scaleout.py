@@ -69,6 +69,22 @@ def test_two_local_processes_match_one(tmp_path, single):
     _close(single, results.load(w))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(NTKBENCH), reason="needs the installed console script")
+def test_two_local_processes_extend_a_sweep(tmp_path, single):
+    """Both processes plan the extension alike (one of them rewrites the manifest meanwhile)."""
+    launcher = os.path.join(os.path.dirname(__file__), "..", "launchers", "local_multiprocess.sh")
+    w = str(tmp_path / "w")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", NTKBENCH_BIN=NTKBENCH)
+    env.pop("XLA_FLAGS", None)
+    first = [a for a in ARGS if not a.startswith("--config.widths")] + ["--config.widths=(4,)"]
+    for args in (first, [*ARGS, "--extend"]):
+        proc = subprocess.run(["bash", launcher, "2", "run", *args, f"--workdir={w}"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _close(single, results.load(w))
+
+
 def test_shares_split_packs_and_merge(tmp_path, single):
     w = str(tmp_path / "w")
     done = []
