@@ -519,3 +519,18 @@ def test_pack_runs_member_by_member_on_one_cpu_device(monkeypatch, key, n2):
             ref = kernels.ntk(member(pack, i), xs[d], x2, method="jacobian")
             _assert_close(out[True][i, d], ref, F32_TOL)
             _assert_close(out[False][i, d], ref, F32_TOL)
+
+
+
+def test_large_n_times_o_matches_float64_reference(key):
+    """N·O = 1030 (more than the other cases) against the float64 Jacobian reference, with the
+    kernel's symmetry checked at that size."""
+    m32 = MLP(12, 10, 24, 2, key=key)
+    x = jax.random.normal(jax.random.key(1), (103, 12))
+    k32 = np.asarray(jit(lambda m, a: kernels.ntk(m, a, method="structured"))(m32, x))
+    with jax.enable_x64(True):
+        m64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, m32)
+        ref = np.asarray(kernels.ntk(m64, x.astype(jnp.float64), method="jacobian"))
+    _assert_close(k32, ref, F32_TOL)
+    mat = np.asarray(kernels.as_matrix(k32))
+    np.testing.assert_allclose(mat, mat.T, atol=F32_TOL * np.abs(mat).max())
