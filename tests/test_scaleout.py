@@ -59,29 +59,29 @@ def test_four_devices_match_one(tmp_path, single):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(NTKBENCH), reason="needs the installed console script")
 def test_two_local_processes_match_one(tmp_path, single):
-    launcher = os.path.join(os.path.dirname(__file__), "..", "launchers", "local_multiprocess.sh")
     w = str(tmp_path / "w")
+    _two_processes(*ARGS, f"--workdir={w}")
+    _close(single, results.load(w))
+
+
+def _two_processes(*args):
+    """`ntkbench run ARGS` as two local processes (launchers/local_multiprocess.sh)."""
+    launcher = os.path.join(os.path.dirname(__file__), "..", "launchers", "local_multiprocess.sh")
     env = dict(os.environ, JAX_PLATFORMS="cpu", NTKBENCH_BIN=NTKBENCH)
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(["bash", launcher, "2", "run", *ARGS, f"--workdir={w}"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(["bash", launcher, "2", "run", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _close(single, results.load(w))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(NTKBENCH), reason="needs the installed console script")
 def test_two_local_processes_extend_a_sweep(tmp_path, single):
     """Both processes plan the extension alike (one of them rewrites the manifest meanwhile)."""
-    launcher = os.path.join(os.path.dirname(__file__), "..", "launchers", "local_multiprocess.sh")
     w = str(tmp_path / "w")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", NTKBENCH_BIN=NTKBENCH)
-    env.pop("XLA_FLAGS", None)
     first = [a for a in ARGS if not a.startswith("--config.widths")] + ["--config.widths=(4,)"]
-    for args in (first, [*ARGS, "--extend"]):
-        proc = subprocess.run(["bash", launcher, "2", "run", *args, f"--workdir={w}"],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _two_processes(*first, f"--workdir={w}")
+    _two_processes(*ARGS, "--extend", f"--workdir={w}")
     _close(single, results.load(w))
 
 
