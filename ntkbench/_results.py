@@ -58,6 +58,11 @@ def _spec(path: str, shape, dims, dtype: str, fill, chunks) -> dict:
     }
 
 
+def _open_existing(path: str) -> ts.TensorStore:
+    """An existing zarr v3 array, with whatever shape its metadata holds."""
+    return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}, open=True).result()
+
+
 class ResultsStore:
     """Creates or opens the results group of a sweep.
 
@@ -106,8 +111,7 @@ class ResultsStore:
         path = os.path.join(self.root, name)
         if not os.path.exists(os.path.join(path, "zarr.json")):
             return ts.open(_spec(path, shape, dims, dtype, fill, chunks), create=True, open=True).result()
-        arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
-                      open=True).result()
+        arr = _open_existing(path)
         have, labels = tuple(arr.shape), tuple(arr.domain.labels)
         if (labels != tuple(dims) or arr.dtype.name != dtype or len(have) != len(shape)
                 or any(h > n for h, n in zip(have, shape))):
@@ -140,8 +144,7 @@ class ResultsStore:
                               create=True, open=True).result()
                 arr.write(values).result()
                 continue
-            arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
-                          open=True).result()
+            arr = _open_existing(path)
             have = arr.read().result()
             n = len(have)
             same = have == values[:n] if n <= len(values) else np.zeros(n, bool)

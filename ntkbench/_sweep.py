@@ -137,8 +137,6 @@ def check_workdir(config: SweepConfig, workdir: str, *, extend: bool = False
     old = stored_config(manifest)
     if manifest.get("fingerprint") == config.fingerprint() or same_sweep(old, config):
         return manifest, dataclasses.replace(old, **{k: getattr(config, k) for k in RUN_SETTINGS})
-    diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in old.diff(config).items()
-                     if k != "data_dir")
     try:
         grown = extend_config(old, config)
     except ConfigError as e:
@@ -147,6 +145,8 @@ def check_workdir(config: SweepConfig, workdir: str, *, extend: bool = False
         grown = None
     if extend:
         return manifest, grown
+    diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in old.diff(config).items()
+                     if k != "data_dir")
     hint = (" or pass --extend to add the new members (finished ones are kept as they are),"
             if grown is not None else "")
     raise WorkdirError(
