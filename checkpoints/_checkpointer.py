@@ -295,8 +295,9 @@ class PackCheckpointer:
         self._max_overhead = float(max_overhead)
         self._start = self._clock()
         self._blocked = 0.0  # seconds `save` and `wait` have blocked the caller
-        self._owed = False  # a due save not made yet (postponed while the previous one writes)
-        #: How many due saves `should_save` postponed because the previous one was still writing.
+        self._owed = False  # a due save not made yet (postponed by `should_save`)
+        #: How many due saves `should_save` postponed (previous one still writing, or the
+        #: `max_overhead` budget spent).
         self.postponed = 0
 
     # ------------------------------------------------------------------ properties
@@ -304,6 +305,11 @@ class PackCheckpointer:
     def directory(self) -> epath.Path:
         """The pack's checkpoint directory."""
         return self._directory
+
+    @property
+    def blocked_seconds(self) -> float:
+        """Seconds for which `save` and `wait` have blocked the caller so far."""
+        return self._blocked
 
     def all_epochs(self) -> list[int]:
         """Epochs of the checkpoints, oldest first: the finalized ones (corrupt ones included

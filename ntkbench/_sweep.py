@@ -522,7 +522,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                     schedule.seek(epoch)  # the order is a function of (member, epoch): no state
                 set_status(pack, status="running", started=status.get("started", time.time()),
                            epochs_done=epoch)
-                saves, save_seconds = 0, 0.0
+                saves = 0
                 while epoch < config.epochs:
                     steps = min(config.chunk_epochs - epoch % config.chunk_epochs,
                                 config.epochs - epoch)
@@ -536,12 +536,10 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                     done_member_epochs += pack.num_members * steps
                     trained += pack.num_members * steps
                     stop = stop_requested()
-                    t_save = time.perf_counter()
                     if ckpt.should_save(epoch, force=stop):
                         ckpt.save(epoch, state)
                         saves += 1
                         set_status(pack, last_checkpoint_epoch=epoch, last_checkpoint_time=time.time())
-                    save_seconds += time.perf_counter() - t_save
                     set_status(pack, epochs_done=epoch)
                     elapsed = time.perf_counter() - start
                     rate = trained / max(elapsed, 1e-9)
@@ -563,13 +561,12 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                     _write_snapshot(store, indices, "final",
                                     snapshot_fn(state.model, pdata.x_test), pack.num_members)
                 _commit(store, indices, config.epochs, state.diverged, pack.num_members)
-                t_save = time.perf_counter()
                 ckpt.wait()
-                save_seconds += time.perf_counter() - t_save
                 if saves or ckpt.postponed:
                     log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
-                        f"{save_seconds:.2f}s by them; {ckpt.postponed} due one(s) postponed (the "
-                        "previous one still writing, or checkpoint_max_overhead reached)")
+                        f"{ckpt.blocked_seconds:.2f}s by them; {ckpt.postponed} due one(s) "
+                        "postponed (the previous one still writing, or checkpoint_max_overhead "
+                        "reached)")
             sync(f"ntkbench-pack-{pack.pack_id}-done")
             if primary:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)  # results are complete; free the disk
