@@ -194,8 +194,9 @@ def build_models(config: SweepConfig, pack: ens.Pack, in_size: int, image_shape,
     for j, m in enumerate(pack.members):
         by_width.setdefault(m.width, []).append(j)
     blocks, order = [], []
+    init_keys = ens.members_keys(config, pack.members)["init"]
     for width, js in by_width.items():
-        keys = jnp.stack([ens.member_keys(config, pack.members[j])["init"] for j in js])
+        keys = init_keys[np.asarray(js)]
         if config.model == "mlp":
             block = _init_mlps(keys, in_size, out_size, width, pack.depth, config.init)
             blocks.append(block.padded(pack.padded_width))
@@ -212,22 +213,26 @@ def build_data(config: SweepConfig, pack: ens.Pack, data: Dataset, test_idx: np.
     x_all = jnp.asarray(data.x_train.reshape(len(data.y_train), -1))
     y_all = jnp.asarray(data.y_train)
     n_max = pack.padded_n_train
-    idx, weight, x_member = [], [], []
     noisy = any(m.noise > 0 for m in pack.members)
-    for m in pack.members:
-        keys = ens.member_keys(config, m)
-        i = draw_indices(keys["data"], y_all, m.n_train)
-        pad = n_max - m.n_train
-        idx.append(jnp.concatenate([i, jnp.zeros((pad,), i.dtype)]))
-        weight.append(jnp.concatenate([jnp.full((m.n_train,), 1.0 / m.n_train), jnp.zeros((pad,))]))
+    keys = ens.members_keys(config, pack.members)
+    idx = np.zeros((pack.num_members, n_max), np.int32)
+    weight = np.zeros((pack.num_members, n_max), np.float32)
+    draws: dict[tuple, np.ndarray] = {}  # members sharing a data key share the draw
+    x_member = []
+    for j, m in enumerate(pack.members):
+        which = (m.n_train, m.data_draw, m.seed if config.data_per_seed else None)
+        if which not in draws:
+            draws[which] = np.asarray(draw_indices(keys["data"][j], y_all, m.n_train))
+        i = draws[which]
+        idx[j, :m.n_train] = i
+        weight[j, :m.n_train] = np.float32(1.0 / m.n_train)
         if noisy:
-            xm = apply_noisy_replacement(keys["noise"], x_all[i], y_all[i], m.noise,
+            xm = apply_noisy_replacement(keys["noise"][j], x_all[i], y_all[i], m.noise,
                                          data.num_classes, std=config.noise_std)
-            x_member.append(jnp.concatenate([xm, jnp.zeros((pad, xm.shape[1]), xm.dtype)]))
+            x_member.append(jnp.concatenate([xm, jnp.zeros((n_max - m.n_train, xm.shape[1]), xm.dtype)]))
     x_test = data.x_test.reshape(len(data.y_test), -1)[test_idx]
     return PackData(
-        x=x_all, y=y_all, idx=jnp.stack(idx).astype(jnp.int32),
-        weight=jnp.stack(weight).astype(jnp.float32),
+        x=x_all, y=y_all, idx=jnp.asarray(idx), weight=jnp.asarray(weight),
         x_test=jnp.asarray(x_test), y_test=jnp.asarray(data.y_test[test_idx]),
         x_member=jnp.stack(x_member) if noisy else None,
     )
@@ -238,8 +243,8 @@ def minibatch_schedule(config: SweepConfig, members) -> MinibatchSchedule | None
     from its own `shuffle` key, so it does not depend on the pack."""
     if config.batch_size <= 0:
         return None
-    seeds = [int.from_bytes(np.asarray(jax.random.key_data(ens.member_keys(config, m)["shuffle"]))
-                            .astype(np.uint32).tobytes(), "little") for m in members]
+    shuffle = np.asarray(jax.random.key_data(ens.members_keys(config, members)["shuffle"]))
+    seeds = [int.from_bytes(k.astype(np.uint32).tobytes(), "little") for k in shuffle]
     return MinibatchSchedule(seeds, members[0].n_train, config.batch_size)
 
 

@@ -57,6 +57,21 @@ def test_keys_depend_only_on_member_coordinates():
             np.testing.assert_array_equal(jax.random.key_data(ka[name]), jax.random.key_data(kb[name]))
 
 
+def test_batched_keys_equal_the_sequential_fold_in_chain():
+    """`members_keys` (one compiled call per key kind) gives the bits of folding each
+    coordinate into the sweep key one at a time, including large seeds and noise codes."""
+    from ntkbench._ensemble import _fold, _key_ints
+
+    c = _config(widths=(4, 8), num_seeds=3, data_per_seed=True, noise=(0.0, 0.25),
+                seed=2**40 + 7)
+    ms = ensemble.members(c)
+    got = ensemble.members_keys(c, ms)
+    for j, m in enumerate(ms):
+        for name, ints in _key_ints(c, m).items():
+            ref = _fold(jax.random.key(c.seed), *ints)
+            np.testing.assert_array_equal(jax.random.key_data(ref), jax.random.key_data(got[name][j]))
+
+
 @pytest.mark.slow
 def test_same_member_same_numbers_in_different_plans(tmp_path):
     """Width 16 trains in its own pack in one plan and beside width 12 (and twice as many
