@@ -44,7 +44,8 @@ _WIDTHS = flags.DEFINE_list("widths", ["8", "16", "32", "64", "128", "256"], "Wi
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per width.")
 _EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs.")
 _N = flags.DEFINE_integer("n_train", 100, "Training samples (full batch).")
-_EFF = flags.DEFINE_float("min_pack_efficiency", 0.8, "Planner's padding-efficiency floor.")
+_EFF = flags.DEFINE_float("min_pack_efficiency", cfg.SweepConfig().min_pack_efficiency,
+                          "Planner's padding-efficiency floor (default: the sweep default).")
 
 
 def _config():
