@@ -115,7 +115,8 @@ def _define_runtime_flags(fv) -> None:
     flags.DEFINE_integer("num_cpu_devices", None, "Fake CPU devices (testing sharding on CPU).", flag_values=fv)
     flags.DEFINE_string("compilation_cache", _default_cache(), "Directory of JAX's persistent "
                         "compilation cache, so that resumed and repeated runs skip recompiling "
-                        "(env NTKBENCH_COMPILATION_CACHE; 'none' disables).", flag_values=fv)
+                        "(env NTKBENCH_COMPILATION_CACHE; 'none' disables; multi-process runs use "
+                        "it only when one of the two is given).", flag_values=fv)
 
 
 def _default_cache() -> str:
@@ -133,10 +134,14 @@ def _init_runtime(fv):
 
     if fv.num_cpu_devices:
         jax.config.update("jax_num_cpu_devices", fv.num_cpu_devices)
-    if fv.compilation_cache and fv.compilation_cache.lower() != "none":
+    explicit = fv.coordinator_address is not None
+    # Multi-process runs use the cache only when asked: a process that finds an entry its peer
+    # does not races ahead, and CPU collectives (gloo) give up after waiting 30 s.
+    asked = fv["compilation_cache"].present or "NTKBENCH_COMPILATION_CACHE" in os.environ
+    if (fv.compilation_cache and fv.compilation_cache.lower() != "none"
+            and (asked or not (explicit or fv.distributed))):
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(fv.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    explicit = fv.coordinator_address is not None
     if explicit and (fv.num_processes is None or fv.process_id is None):
         raise UsageError("--coordinator_address needs --num_processes and --process_id.")
     if explicit or fv.distributed:
