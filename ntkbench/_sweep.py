@@ -430,6 +430,9 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
             flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
         return flag
 
+    # Every process has checked the workdir before process 0 writes to it; otherwise a slower
+    # process could find the lock or manifest of this very run and refuse the workdir.
+    sync("ntkbench-workdir-checked")
     lock = workdir_lock(workdir, shard) if primary else contextlib.nullcontext()
     with lock:
         if primary:

@@ -71,7 +71,9 @@ def _two_processes(*args):
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(["bash", launcher, "2", "run", *args], capture_output=True, text=True,
                           env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = (proc.stdout + proc.stderr).splitlines()
+    tails = ["\n".join([ln for ln in out if ln.startswith(f"[{i}]")][-25:]) for i in (0, 1)]
+    assert proc.returncode == 0, "\n--- process 0:\n" + tails[0] + "\n--- process 1:\n" + tails[1]
 
 
 @pytest.mark.slow
