@@ -281,5 +281,4 @@ def _manifest_config(workdir: str) -> dict:
     path = os.path.join(workdir, "manifest.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f).get("config", {})
+    return _read_json(path).get("config", {})

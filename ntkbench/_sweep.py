@@ -442,25 +442,25 @@ def run_sweep(config: SweepConfig, workdir: str, *, log: Callable[[str], None] =
                 "packs": ens.packs_to_json(plan.packs),
                 "history": [] if previous is None else previous.get("history", []),
             }
-            old = read_manifest(workdir)
-            if old is not None and old.get("packs") != manifest["packs"]:
+            extended = previous is not None and num_old < len(plan.packs)
+            if extended:
                 added = plan.packs[num_old:]
                 manifest["history"] = manifest["history"] + [{
-                    "extended": time.time(), "from_fingerprint": old.get("fingerprint"),
+                    "extended": time.time(), "from_fingerprint": previous.get("fingerprint"),
                     "added_packs": [p.pack_id for p in added],
                     "added_members": sum(p.num_members for p in added)}]
             # The manifest (the plan) is written before the results store grows, so a crash
             # in between is repaired by rerunning: the store grows when it is opened.
-            if (old is None or old.get("packs") != manifest["packs"]
-                    or old.get("fingerprint") != manifest["fingerprint"]):
+            if (previous is None or extended
+                    or previous.get("fingerprint") != manifest["fingerprint"]):
                 _atomic_json(os.path.join(workdir, MANIFEST), manifest)
             os.makedirs(os.path.join(workdir, "packs"), exist_ok=True)
         log(f"sweep {config.name!r}: {config.num_members} members on {config.dataset} "
             f"({len(data.y_train)} train / {len(data.y_test)} test), {config.epochs} epochs, "
             f"{num_devices} device(s), {jax.process_count()} process(es)"
             + (f", share {shard[0]}/{shard[1]}: {len(mine)} of {len(plan.packs)} packs" if shard[1] > 1 else "")
-            + (f"; extended by {len(plan.packs) - num_old} new pack(s)" if previous is not None
-               and num_old < len(plan.packs) else "")
+            + (f"; extended by {len(plan.packs) - num_old} new pack(s)"
+               if previous is not None and num_old < len(plan.packs) else "")
             + "\n" + plan.describe())
         snap = config.n_test * out_size if (config.ntk_every and config.ntk_snapshots) else 0
         root = os.path.join(workdir, "results")
