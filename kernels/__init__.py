@@ -10,6 +10,8 @@ NTK:
     memory), `as_matrix`, `resolve_method`.
 Without forming the NTK:
     `ntk_diagonal`, `ntk_trace` (SPEC §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
+Packs of members:
+    `pack_map` (every member of a stacked pack, batched or one at a time: the caller's choice).
 Dense networks (the `StructuredModel` protocol, `supports_structured`):
     `layer_ntks` -> `LayerNTKs` (per-layer NTKs and conjugate kernels).
 Matrix-free spectra for large N:
@@ -27,6 +29,7 @@ from ._ntk import ntk_diagonal as ntk_diagonal
 from ._ntk import ntk_trace as ntk_trace
 from ._ntk import ntk_vp as ntk_vp
 from ._ntk import resolve_method as resolve_method
+from ._packs import pack_map as pack_map
 from ._protocol import StructuredModel as StructuredModel
 from ._protocol import supports_structured as supports_structured
 from ._slq import SpectralEstimate as SpectralEstimate

@@ -24,7 +24,6 @@ from ._common import (
     check_inputs,
     gram,
     map_examples,
-    one_at_a_time,
     sample_major,
     tiled,
 )
@@ -110,15 +109,9 @@ def ntk_structured(
     """Structured NTK (see the module docstring); `model` must implement `StructuredModel`.
 
     Memory: the features `n·(Σ in_l + O·Σ out_l)` floats (computed `block_size` examples at a
-    time) plus the output; with `block_size`, one `(b, b, O, O)` tile of intermediates. Vmapped
-    over a pack on one CPU device, members are computed one at a time (`one_at_a_time`).
+    time) plus the output; with `block_size`, one `(b, b, O, O)` tile of intermediates. For a
+    pack of members see `ntkbench.kernels.pack_map`.
     """
-    return one_at_a_time(
-        lambda m, a, b: _ntk_structured(m, a, b, block_size), model, x1, x2
-    )
-
-
-def _ntk_structured(model, x1: Array, x2: Array | None, block_size: int | None):
     layout, f1, f2, n1, n2, o = _prepare(model, x1, x2, block_size)
     like = jax.ShapeDtypeStruct((n1, n2, o, o), f1.deltas[0].dtype)
     return tiled(

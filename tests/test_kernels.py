@@ -495,11 +495,9 @@ def test_sharded_pack_equals_unsharded(shard_case, axis_type):
 
 
 @pytest.mark.parametrize("n2", (None, 4))
-def test_pack_runs_member_by_member_on_one_cpu_device(monkeypatch, key, n2):
-    """On one CPU device a vmapped structured NTK loops over the members (a `lax.map`, also for
-    an inner vmap over inputs); with several devices (here: 4 fake ones) it stays batched, so
-    that GSPMD shards the member axis. Both give the single-call kernels."""
-    assert not kernels._common.members_in_sequence()
+def test_pack_map_sequential_and_batched_match_single_calls(key, n2):
+    """`pack_map` runs a pack member by member (a `lax.map`, also around an inner vmap over
+    inputs) or batched, as the caller says; both give the single-call kernels."""
     pack = _pack([(3, [0, 1]), (6, [2, 3])], pad_to=6)
     xs = jax.random.normal(key, (2, 5, 12))
     x2 = None if n2 is None else jax.random.normal(jax.random.key(7), (n2, 12))
@@ -507,19 +505,17 @@ def test_pack_runs_member_by_member_on_one_cpu_device(monkeypatch, key, n2):
     def per_member(m, xs):
         return jax.vmap(lambda a: kernels.ntk(m, a, x2, method="structured"))(xs)
 
-    vmapped = eqx.filter_vmap(per_member, in_axes=(eqx.if_array(0), None))
     out = {}
     for sequential in (True, False):
-        monkeypatch.setattr(kernels._common, "members_in_sequence", lambda s=sequential: s)
-        assert ("scan" in str(jax.make_jaxpr(vmapped)(pack, xs))) == sequential
-        out[sequential] = eqx.filter_jit(vmapped, **FAST_COMPILE)(pack, xs)
+        fn = lambda p, xs, s=sequential: kernels.pack_map(per_member, p, xs, sequential=s)
+        assert ("scan" in str(jax.make_jaxpr(fn)(pack, xs))) == sequential
+        out[sequential] = eqx.filter_jit(fn, **FAST_COMPILE)(pack, xs)
     assert out[True].shape == (4, 2, 5, 5 if n2 is None else n2, 3, 3)
     for i in range(4):
         for d in range(2):
             ref = kernels.ntk(member(pack, i), xs[d], x2, method="jacobian")
             _assert_close(out[True][i, d], ref, F32_TOL)
             _assert_close(out[False][i, d], ref, F32_TOL)
-
 
 
 def test_large_n_times_o_matches_float64_reference(key):
