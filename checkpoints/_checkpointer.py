@@ -524,6 +524,12 @@ class PackCheckpointer:
             return f"fingerprint mismatch in {', '.join(bad[:6])}", {}, None
         return None, meta, restored
 
+    def discard_all(self) -> None:
+        """Move every checkpoint of the directory to `corrupt/` (e.g. after `restore_latest`
+        raised `CheckpointCorruptError`), so that the pack can restart from scratch."""
+        self._mngr.wait_until_finished()
+        self._quarantine(sorted(self._mngr.all_steps()))
+
     def _quarantine(self, epochs: list[int]) -> None:
         """Moves corrupt checkpoints to `corrupt/` so they are never listed or pruned again."""
         if not epochs:

@@ -19,14 +19,9 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from ntkbench._analysis import (
-    REPLICATE_AXES,
-    fit_broken_power_law,
-    fit_power_law,
-    replicate_axes,
-    summarize,
-    sweep_axes,
-)
+from ntkbench._analysis import replicate_axes, summarize, sweep_axes
+from ntkbench._fits import fit_broken_power_law, fit_power_law
+from ntkbench._schema import REPLICATE_AXES
 
 SCALING_AXES = ("width", "n_train")
 """Axes that Fig. 2 plots summaries against (those with at least two values)."""

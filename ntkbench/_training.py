@@ -1,43 +1,71 @@
-"""Training a pack: one vmapped, jitted program whose epoch loop runs inside `lax.scan`.
+"""Training a pack: one jitted program whose epoch loop runs inside `lax.scan`.
 
-Recording follows SPEC.md §4: record `k` is the state after `k` updates, record 0 is the
-initialization and the final state is recorded too. In the scan body for epoch `t` the metrics of
-state `t` are computed (for full-batch training from the same forward pass as the gradient), the
-NTK is recorded when `t` is an NTK epoch, and then the update is applied. `evaluate` records the
-final state `E`.
+Recording (docs/definitions.md, "recording"): record `k` is the state after `k` updates, record 0
+is the initialization, the final state is recorded too. The scan body for epoch `t` computes the
+training metrics of state `t` (for full-batch training from the same forward pass as the
+gradient), the test metrics of state `t` on the evaluation split when `t` is an evaluation epoch,
+keeps each member's parameters at its best test loss so far (the exact `k*`), runs the NTK record
+when `t` is an NTK epoch, and then applies the update. `finish` records the final state `E` and
+the NTK quantities of the state at `k*`.
 
 A member whose loss or gradient becomes non-finite is marked diverged at that record and frozen
-(its parameters stop changing); its metrics read NaN from then on. Its optimizer state is left to
-run on (it may turn non-finite): it never reaches the frozen parameters, and not selecting it
-saves a pass over the optimizer state every epoch (about 10% of an epoch of a width-256 pack).
-The other members of the pack are unaffected: every operation is per member under `vmap`.
+(its parameters stop changing); its metrics read NaN from then on. Its optimizer state runs on:
+it never reaches the frozen parameters, and not selecting it saves a pass over the optimizer
+state every epoch. The other members are unaffected: every operation is per member.
+
+With a mesh, every program runs under `jax.shard_map` over the member axis: each device runs the
+program of its own members. Members are independent, so there is no communication at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 from ntkbench._config import SweepConfig
+from ntkbench._recording import Recorder
+from ntkbench._schema import LINEARIZED, TEST_METRICS
 
 
 class PackData(NamedTuple):
-    """Device data of a pack. Members index one shared copy of the training set."""
+    """Device inputs of a pack; never checkpointed (rebuilt identically on resume).
 
-    x: Float[Array, "n_all d"]  # whole training split, flattened
+    Fields in `SHARED` are the same for every member (replicated over a mesh); the others have
+    a leading member axis.
+    """
+
+    x: Float[Array, "n_all d"]  # the whole training split, flattened
     y: Int[Array, " n_all"]
     idx: Int[Array, "m n"]  # per-member training samples (padded slots point anywhere)
     weight: Float[Array, "m n"]  # 1/n_member on real samples, 0 on padding
-    x_test: Float[Array, "t d"]  # the fixed NTK/test set
-    y_test: Int[Array, " t"]
-    x_member: Float[Array, "m n d"] | None  # per-member inputs when they differ from x[idx]
-                                             # (noise-scaling axis), else None
+    x_member: Float[Array, "m n d"] | None  # per-member inputs (noise axis), else None
+    x_eval: Float[Array, "c b d"]  # the evaluation split, in chunks of `eval_batch`
+    y_eval: Int[Array, "c b"]
+    w_eval: Float[Array, "c b"]  # 1/n_eval on real samples, 0 on padding
+    x_ntk: Float[Array, "t d"]  # the NTK samples (draw-major)
+    y_ntk: Int[Array, " t"]
+    eval_epochs: Bool[Array, " e"]  # whether record k is evaluated
+    ntk_epochs: Bool[Array, " e"]  # whether record k has an NTK
+    init: Any  # trainable parameters at initialization (linearized model), or None
+    record: Any  # per-member constants of the NTK record (`Recorder.prepare`), or None
+
+
+SHARED = ("x", "y", "x_eval", "y_eval", "w_eval", "x_ntk", "y_ntk", "eval_epochs", "ntk_epochs")
+
+
+class Best(NamedTuple):
+    """Each member at its lowest test loss so far (the first one on ties: the exact `k*`)."""
+
+    params: Any
+    lin_params: Any
+    loss: Float[Array, " m"]
+    epoch: Int[Array, " m"]
 
 
 class PackState(eqx.Module):
@@ -47,7 +75,10 @@ class PackState(eqx.Module):
     opt_state: Any
     diverged: Bool[Array, " m"]
     epoch: Int[Array, ""]
-    record: Any  # carry of the NTK record step (None without NTK records)
+    best: Best
+    lin_params: Any  # the linearized model's parameters (`linearized=True`), else None
+    lin_opt_state: Any
+    record: Any  # carry of the NTK record step, or None
 
 
 def make_optimizer(config: SweepConfig) -> optax.GradientTransformation:
@@ -64,7 +95,8 @@ def per_sample_loss(kind: str, logits: Array, labels: Array) -> Array:
     return 0.5 * jnp.sum((logits - onehot) ** 2, axis=-1)
 
 
-def _params(model):
+def params_of(model):
+    """The trainable parameters of a model (its inexact array leaves; None elsewhere)."""
     return eqx.filter(model, eqx.is_inexact_array)
 
 
@@ -74,149 +106,331 @@ def _all_finite(tree) -> Array:
     return jnp.isfinite(optax.tree_utils.tree_norm(tree, squared=True))
 
 
-def _select(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b) if eqx.is_array(a) else a, new, old)
+def where_members(flag: Bool[Array, " m"], new, old):
+    """Per member: the leaves of `new` where `flag`, else those of `old` (member axis first)."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(flag.reshape(flag.shape + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+def _nan(shape_tree):
+    return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape_tree)
+
+
+def linearized(model, init_params):
+    """`(params, x) ↦ f_lin(x; params) = f(x; θ0) + J(x; θ0)(params − θ0)` for one member, on a
+    batch `x`; `θ0 = init_params` (docs/definitions.md, "laziness")."""
+    static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+
+    def apply(params, x):
+        f = lambda p: jax.vmap(eqx.combine(p, static))(x)
+        tangent = jax.tree.map(jnp.subtract, params, init_params)
+        f0, df = jax.jvp(f, (init_params,), (tangent,))
+        return f0 + df
+
+    return apply
+
+
+def _member_specs(tree, axis):
+    """Member axis first for every leaf; scalars (the epoch) replicated."""
+    return jax.tree.map(lambda leaf: P() if leaf.ndim == 0 else P(axis), tree)
 
 
 class PackProgram:
-    """The compiled functions of one pack shape (built once per pack, jitted lazily).
+    """The compiled programs of one sweep (jitted lazily, once per pack shape).
 
     Args:
         config: the sweep.
-        record_fn: optional per-member NTK record `(model, x_test, y_test, carry) ->
-            (dict of scalars, carry)`; run at the sweep's NTK epochs.
+        recorder: the NTK record step, or None for no NTK records.
+        mesh: a 1-D mesh whose only axis shards the member axis; None for one device.
+        sequential: run each device's members one at a time in the NTK record instead of
+            batched (see `ntkbench.kernels.pack_map`): the right choice on CPUs.
     """
 
-    def __init__(self, config: SweepConfig, record_fn: Callable | None = None,
-                 record_init: Callable | None = None):
+    def __init__(self, config: SweepConfig, recorder: Recorder | None = None, *, mesh=None,
+                 sequential: bool = True):
         self.config = config
         self.optim = make_optimizer(config)
-        self.record_fn = record_fn
-        self.record_init = record_init
-        ntk_epochs = config.ntk_epochs()
-        self.ntk_every = config.ntk_every if ntk_epochs else 0
+        self.recorder = recorder
+        self.mesh = mesh
+        self.sequential = sequential
         self.train_chunk = eqx.filter_jit(self._train_chunk, donate="all-except-first")
-        self.evaluate = eqx.filter_jit(self._evaluate)
+        self.finish = eqx.filter_jit(self._finish)
         self.init_state = eqx.filter_jit(self._init_state)
 
-    # ------------------------------------------------------------------ pieces
-    def _member_inputs(self, data: PackData, m_idx, m_x, sel):
+    # ------------------------------------------------------------------ sharding
+    def _on_members(self, fn, args: tuple, out_specs=_member_specs):
+        """`fn(*args)`, each device running it on its own members (`jax.shard_map`).
+
+        `args[0]` is the `PackData`; every other argument and output has the member axis first
+        (scalars are replicated), unless `out_specs(out_shapes, axis)` says otherwise.
+        """
+        if self.mesh is None:
+            return fn(*args)
+        axis = self.mesh.axis_names[0]
+        arrays, static = eqx.partition(args, eqx.is_array)
+        data = arrays[0]
+        data_specs = type(data)(*(
+            jax.tree.map(lambda _, name=name: P() if name in SHARED else P(axis), value)
+            for name, value in zip(data._fields, data)))
+        holder = {}
+
+        def local(*arrs):
+            out = fn(*eqx.combine(arrs, static))
+            out_arrays, holder["static"] = eqx.partition(out, eqx.is_array)
+            return out_arrays
+
+        shapes = jax.eval_shape(local, *arrays)
+        mapped = jax.shard_map(local, mesh=self.mesh,
+                               in_specs=(data_specs, *_member_specs(arrays[1:], axis)),
+                               out_specs=out_specs(shapes, axis), check_vma=False)
+        return eqx.combine(mapped(*arrays), holder["static"])
+
+    # ------------------------------------------------------------------ one member
+    def _loss(self, model, x, y, w):
+        logits = jax.vmap(model)(x)
+        return jnp.sum(w * per_sample_loss(self.config.loss, logits, y)), logits
+
+    def _lin_loss(self, params, apply, x, y, w):
+        logits = apply(params, x)
+        return jnp.sum(w * per_sample_loss(self.config.loss, logits, y)), logits
+
+    def _inputs(self, data: PackData, m_idx, m_x, sel):
         x = data.x[m_idx[sel]] if m_x is None else m_x[sel]
         return x, data.y[m_idx[sel]]
 
-    def _loss(self, model, x, y, w):
-        logits = jax.vmap(model)(x)
-        losses = per_sample_loss(self.config.loss, logits, y)
-        return jnp.sum(w * losses), logits
+    def _eval_metrics(self, logits_fn, data: PackData):
+        """Test loss and accuracy on the evaluation split, `eval_batch` samples at a time."""
 
-    def _metrics(self, model, data: PackData, train_loss, train_logits, y, w):
-        acc = jnp.sum(w * (jnp.argmax(train_logits, -1) == y))
-        test_logits = jax.vmap(model)(data.x_test)
-        test_loss = jnp.mean(per_sample_loss(self.config.loss, test_logits, data.y_test))
-        test_acc = jnp.mean(jnp.argmax(test_logits, -1) == data.y_test)
-        return {"train_loss": train_loss, "test_loss": test_loss,
-                "train_accuracy": acc, "test_accuracy": test_acc}
+        def chunk(carry, xs):
+            x, y, w = xs
+            logits = logits_fn(x)
+            loss = jnp.sum(w * per_sample_loss(self.config.loss, logits, y))
+            acc = jnp.sum(w * (jnp.argmax(logits, -1) == y))
+            return (carry[0] + loss, carry[1] + acc), None
 
-    def _eval_member(self, model, data, m_idx, m_w, m_x):
-        x, y = self._member_inputs(data, m_idx, m_x, slice(None))
-        loss, logits = self._loss(model, x, y, m_w)
-        return self._metrics(model, data, loss, logits, y, m_w)
+        zero = jnp.zeros((), data.x_eval.dtype)
+        (loss, acc), _ = jax.lax.scan(chunk, (zero, zero), (data.x_eval, data.y_eval,
+                                                            data.w_eval))
+        return loss, acc
 
-    def _record(self, state: PackState, data: PackData, metrics, do_record):
-        """NTK record of every member (only when `do_record`), NaN otherwise."""
-        if self.record_fn is None:
+    def _evaluate_member(self, model, lin_params, init, data: PackData):
+        """Test metrics of one member (and of its linearized model, with the output gap)."""
+        loss, acc = self._eval_metrics(jax.vmap(model), data)
+        out = {"test_loss": loss, "test_accuracy": acc}
+        if self.config.linearized:
+            apply = linearized(model, init)
+            out["lin_test_loss"], _ = self._eval_metrics(lambda x: apply(lin_params, x), data)
+            f = jax.vmap(model)(data.x_ntk)
+            f_lin = apply(lin_params, data.x_ntk)
+            out["lin_output_gap"] = jnp.sum((f - f_lin) ** 2) / jnp.sum(f**2)
+        return out
+
+    def _grads_member(self, model, lin_params, init, data, m_idx, m_x, sel, w):
+        """Loss, accuracy and gradients of one member (and of its linearized model) on the
+        samples `sel` (positions into the member's training set) with weights `w`."""
+        x, y = self._inputs(data, m_idx, m_x, sel)
+        (loss, logits), g = eqx.filter_value_and_grad(self._loss, has_aux=True)(model, x, y, w)
+        out = {"train_loss": loss, "train_accuracy": jnp.sum(w * (jnp.argmax(logits, -1) == y))}
+        lin_g = None
+        if self.config.linearized:
+            apply = linearized(model, init)
+            (out["lin_train_loss"], _), lin_g = jax.value_and_grad(
+                lambda p: self._lin_loss(p, apply, x, y, w), has_aux=True)(lin_params)
+        return out, g, lin_g, jnp.isfinite(loss) & _all_finite(g)
+
+    def _apply(self, model, opt_state, grads, lin_params, lin_opt, lin_grads):
+        """The optimizer step of every member, one member at a time (`lax.map`).
+
+        Elementwise, so mapping costs nothing measurable; it makes each member's arithmetic
+        independent of how many members share its device: batched over members, XLA rewrites
+        Adam's per-member bias correction `m / c` into `m * (1 / c)` in some programs and not
+        in others, which differ by an ulp and, through ReLU kinks, in the NTK.
+        """
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+
+        def one(t):
+            p, o, g, lp, lo, lg = t
+            upd, o = self.optim.update(g, o, p)
+            p = optax.apply_updates(p, upd)
+            if lp is not None:
+                lupd, lo = self.optim.update(lg, lo, lp)
+                lp = optax.apply_updates(lp, lupd)
+            return p, o, lp, lo
+
+        p, o, lp, lo = jax.lax.map(one, (params, opt_state, grads, lin_params, lin_opt,
+                                         lin_grads))
+        return eqx.combine(p, static), o, lp, lo
+
+    def _update(self, st: PackState, data: PackData, batches):
+        """One epoch of updates of every member: the new model, optimizer states and linearized
+        model, the training metrics of the state before the epoch, and which members stayed
+        finite. `batches` `(m, steps, B)`: positions into each member's samples (-1 = padding)
+        from `ntkbench._pipeline`'s schedule; None for full batch."""
+        def grads(sel_axis):
+            return eqx.filter_vmap(self._grads_member,
+                                   in_axes=(0, 0, 0, None, 0, 0, sel_axis, 0))
+
+        if batches is None:  # full batch: the metrics come from the gradient's forward pass
+            metrics, g, lg, ok = grads(None)(st.model, st.lin_params, data.init, data,
+                                             data.idx, data.x_member, slice(None), data.weight)
+            return (*self._apply(st.model, st.opt_state, g, st.lin_params, st.lin_opt_state,
+                                 lg), metrics, ok)
+        metrics, _, _, ok = grads(None)(st.model, st.lin_params, data.init, data, data.idx,
+                                        data.x_member, slice(None), data.weight)
+
+        def step(carry, sel):
+            model, opt, lp, lo, ok = carry
+            valid = sel >= 0
+            w = valid / jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1)
+            _, g, lg, fine = grads(0)(model, lp, data.init, data, data.idx, data.x_member,
+                                      jnp.where(valid, sel, 0), w)
+            return (*self._apply(model, opt, g, lp, lo, lg), ok & fine), None
+
+        carry = (st.model, st.opt_state, st.lin_params, st.lin_opt_state, ok)
+        (model, opt, lp, lo, ok), _ = jax.lax.scan(step, carry, jnp.swapaxes(batches, 0, 1))
+        return model, opt, lp, lo, metrics, ok
+
+    # ------------------------------------------------------------------ the pack
+    def _eval_all(self, state: PackState, data: PackData, do_eval):
+        """Test metrics of every member when `do_eval`, NaN otherwise (no work is done then)."""
+        names = TEST_METRICS + (LINEARIZED[1:] if self.config.linearized else ())
+        m = state.diverged.shape[0]
+
+        def run(_):
+            fn = lambda mdl, lp, init: self._evaluate_member(mdl, lp, init, data)
+            return eqx.filter_vmap(fn)(state.model, state.lin_params, data.init)
+
+        def skip(_):
+            return {k: jnp.full((m,), jnp.nan, jnp.float32) for k in names}
+
+        return jax.lax.cond(do_eval, run, skip, None)
+
+    def _track_best(self, state: PackState, test_loss) -> Best:
+        """Keep the parameters of each member's first minimum of the test loss."""
+        b = state.best
+        better = test_loss < b.loss  # NaN (not evaluated, diverged) is never better
+
+        return Best(where_members(better, params_of(state.model), b.params),
+                    None if b.lin_params is None
+                    else where_members(better, state.lin_params, b.lin_params),
+                    jnp.where(better, test_loss, b.loss),
+                    jnp.where(better, state.epoch, b.epoch))
+
+    def _ntk(self, state: PackState, data: PackData, do_record):
+        """The NTK record of every member when `do_record`, NaN otherwise."""
+        if self.recorder is None:
             return {}, state.record
-
-        def run(carry):
-            fn = lambda model, c, test_loss: self.record_fn(model, data.x_test, data.y_test, c, test_loss)
-            return eqx.filter_vmap(fn)(state.model, carry, metrics["test_loss"])
-
-        def skip(carry):
-            out_shape = jax.eval_shape(run, carry)[0]
-            nan = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in out_shape.items()}
-            return nan, carry
-
+        run = lambda carry: self.recorder.record_pack(
+            state.model, data.x_ntk, data.y_ntk, carry, data.record, state.epoch,
+            sequential=self.sequential)
+        skip = lambda carry: (_nan(jax.eval_shape(run, carry)[0]), carry)
         return jax.lax.cond(do_record, run, skip, state.record)
 
-    def _mask_diverged(self, metrics, diverged):
+    @staticmethod
+    def _mask(metrics, diverged):
         return {k: jnp.where(diverged.reshape(diverged.shape + (1,) * (v.ndim - 1)), jnp.nan, v)
                 for k, v in metrics.items()}
 
-    # ------------------------------------------------------------------ programs
-    def _init_state(self, model) -> PackState:
-        opt_state = eqx.filter_vmap(lambda m: self.optim.init(_params(m)))(model)
-        num = jax.tree.leaves(eqx.filter(model, eqx.is_array))[0].shape[0]
+    def _init_state(self, data: PackData, model) -> PackState:
+        return self._on_members(self._init_local, (data, model))
+
+    def _init_local(self, data: PackData, model) -> PackState:
+        params = params_of(model)
+        opt_state = eqx.filter_vmap(self.optim.init)(params)
+        num = jax.tree.leaves(params)[0].shape[0]
+        lin = lin_opt = None
+        if self.config.linearized:
+            lin, lin_opt = data.init, eqx.filter_vmap(self.optim.init)(data.init)
         record = None
-        if self.record_fn is not None:
-            record = eqx.filter_vmap(lambda m: self.record_init(m, None))(model)
-        return PackState(model, opt_state, jnp.zeros((num,), bool), jnp.asarray(0, jnp.int32), record)
-
-    def _evaluate(self, data: PackData, state: PackState):
-        """Metrics (and NTK record) of the current state, without updating it."""
-        metrics = eqx.filter_vmap(self._eval_member, in_axes=(0, None, 0, 0, 0))(
-            state.model, data, data.idx, data.weight, data.x_member)
-        ntk, record = self._record(state, data, metrics, jnp.asarray(self.record_fn is not None))
-        out = self._mask_diverged({**metrics, **ntk}, state.diverged)
-        return out, eqx.tree_at(lambda s: s.record, state, record, is_leaf=lambda x: x is None)
-
-    def _member_update(self, model, opt_state, diverged, data, m_idx, m_w, m_x, m_batches):
-        """One epoch of updates of one member; returns new model/state, its metrics, divergence.
-
-        `m_batches` `(steps, B)`: this epoch's minibatches (positions into the member's training
-        samples, -1 = padding), from `ntkbench.pipeline.MinibatchSchedule`; None for full batch.
-        """
-        cfg = self.config
-        grad_fn = eqx.filter_value_and_grad(self._loss, has_aux=True)
-        if cfg.batch_size <= 0:
-            x, y = self._member_inputs(data, m_idx, m_x, slice(None))
-            (loss, logits), grads = grad_fn(model, x, y, m_w)
-            metrics = self._metrics(model, data, loss, logits, y, m_w)
-            updates, new_opt = self.optim.update(grads, opt_state, _params(model))
-            new_model = eqx.apply_updates(model, updates)
-            # A non-finite update from finite gradients shows up as a non-finite loss next epoch.
-            ok = jnp.isfinite(loss) & _all_finite(grads)
-        else:
-            metrics = self._eval_member(model, data, m_idx, m_w, m_x)
-
-            def step(carry, p):
-                mdl, opt, ok = carry
-                valid = p >= 0
-                sel = jnp.where(valid, p, 0)
-                x, y = self._member_inputs(data, m_idx, m_x, sel)
-                w = valid / jnp.maximum(jnp.sum(valid), 1)
-                (loss, _), grads = grad_fn(mdl, x, y, w)
-                upd, opt = self.optim.update(grads, opt, _params(mdl))
-                mdl = eqx.apply_updates(mdl, upd)
-                return (mdl, opt, ok & jnp.isfinite(loss) & _all_finite(grads)), None
-
-            (new_model, new_opt, ok), _ = jax.lax.scan(step, (model, opt_state, jnp.asarray(True)),
-                                                       m_batches)
-            ok = ok & jnp.isfinite(metrics["train_loss"])
-        now_diverged = diverged | ~ok | ~jnp.isfinite(metrics["train_loss"])
-        new_model = _select(now_diverged, model, new_model)
-        return new_model, new_opt, now_diverged, metrics
+        if self.recorder is not None:
+            record = eqx.filter_vmap(self.recorder.init_carry)(data.record)
+        best = Best(params, lin, jnp.full((num,), jnp.inf, jnp.float32),
+                    jnp.full((num,), -1, jnp.int32))
+        return PackState(model, opt_state, jnp.zeros((num,), bool), jnp.asarray(0, jnp.int32),
+                         best, lin, lin_opt, record)
 
     def _train_chunk(self, data: PackData, state: PackState, num_epochs: int, batches=None):
-        """`num_epochs` epochs inside one `lax.scan`; returns the new state and the metrics
-        `(num_epochs, m)` of the records `state.epoch .. state.epoch + num_epochs - 1`.
+        """`num_epochs` epochs inside one `lax.scan`: the new state and the records
+        `(num_epochs, m)` of records `state.epoch .. state.epoch + num_epochs - 1`.
 
-        `batches` `(num_epochs, m, steps, B)` int32: the minibatches of every epoch and member
-        (required when `batch_size > 0`, None for full batch)."""
+        `batches` `(m, num_epochs, steps, B)` int32, member axis first like every argument: the
+        minibatches of every member and epoch (required when `batch_size > 0`, None for full
+        batch)."""
         if (batches is None) != (self.config.batch_size <= 0):
             raise ValueError("train_chunk needs `batches` exactly when config.batch_size > 0.")
 
-        def body(st: PackState, epoch_batches):
-            upd = eqx.filter_vmap(self._member_update, in_axes=(0, 0, 0, None, 0, 0, 0, 0))
-            new_model, new_opt, div, metrics = upd(
-                st.model, st.opt_state, st.diverged, data, data.idx, data.weight,
-                data.x_member, epoch_batches)
-            do_record = (st.epoch % max(self.ntk_every, 1) == 0) if self.ntk_every else jnp.asarray(False)
-            ntk, record = self._record(st, data, metrics, do_record)
-            # Members frozen before this epoch read NaN; one that diverges now shows its
-            # non-finite metrics as they are.
-            out = self._mask_diverged({**metrics, **ntk}, st.diverged)
-            new = PackState(new_model, new_opt, div, st.epoch + 1, record)
-            return new, out
+        def local(data, state, batches):  # the scan runs over epochs: (m, T, ...) -> (T, m, ...)
+            xs = None if batches is None else jnp.swapaxes(batches, 0, 1)
+            return jax.lax.scan(lambda st, b: self._epoch(data, st, b), state, xs,
+                                length=num_epochs)
 
-        return jax.lax.scan(body, state, batches, length=num_epochs)
+        def out_specs(shapes, axis):  # records are (epochs, members)
+            return _member_specs(shapes[0], axis), jax.tree.map(lambda _: P(None, axis),
+                                                                 shapes[1])
+
+        return self._on_members(local, (data, state, batches), out_specs)
+
+    def _epoch(self, data: PackData, st: PackState, epoch_batches):
+        model, opt, lin, lin_opt, metrics, ok = self._update(st, data, epoch_batches)
+        test = self._eval_all(st, data, data.eval_epochs[st.epoch])
+        best = self._track_best(st, jnp.where(st.diverged, jnp.nan, test["test_loss"]))
+        ntk, record = self._ntk(st, data, data.ntk_epochs[st.epoch])
+        # Members frozen before this epoch read NaN; one that diverges now shows its metrics.
+        out = self._mask({**metrics, **test, **ntk}, st.diverged)
+        diverged = st.diverged | ~ok
+        model = eqx.combine(where_members(diverged, params_of(st.model), params_of(model)),
+                            eqx.filter(st.model, eqx.is_inexact_array, inverse=True))
+        new = PackState(model, opt, diverged, st.epoch + 1, best, lin, lin_opt, record)
+        return new, out
+
+    def _finish(self, data: PackData, state: PackState):
+        """Records of the final state `E`, and the NTK quantities of each member at `k*`.
+
+        Returns:
+            `(final, best, snapshots)`: `final` name -> `(m,)` (record `E`); `best` holds
+            `k_star`, `min_test_loss` and `best_<name>` per member; `snapshots` the matrix-form
+            NTKs `(m, M, M)` at `k*` and at the end (empty without snapshots).
+        """
+        return self._on_members(self._finish_local, (data, state))
+
+    def _finish_local(self, data: PackData, state: PackState):
+        cfg = self.config
+        fwd = eqx.filter_vmap(lambda mdl, lp, init, idx, w, xm: self._final_train(
+            mdl, lp, init, data, idx, w, xm))
+        train = fwd(state.model, state.lin_params, data.init, data.idx, data.weight,
+                    data.x_member)
+        test = self._eval_all(state, data, jnp.asarray(True))
+        best = self._track_best(state, jnp.where(state.diverged, jnp.nan, test["test_loss"]))
+        ntk, _ = self._ntk(state, data, jnp.asarray(True))
+        final = self._mask({**train, **test, **ntk}, state.diverged)
+        static = eqx.filter(state.model, eqx.is_inexact_array, inverse=True)
+        best_model = eqx.combine(best.params, static)
+        found = best.epoch >= 0
+        out = {"k_star": jnp.where(found, best.epoch, -1),
+               "min_test_loss": jnp.where(found, best.loss, jnp.nan)}
+        snapshots = {}
+        if self.recorder is not None:
+            at_best = self.recorder.measure_pack(best_model, data.x_ntk, data.y_ntk, data.record,
+                                                 sequential=self.sequential)
+            out.update({f"best_{k}": jnp.where(found, v, jnp.nan) for k, v in at_best.items()})
+            if self.recorder.snapshots:
+                snapshots = {"best": self.recorder.snapshot_pack(
+                    best_model, data.x_ntk, sequential=self.sequential),
+                    "final": self.recorder.snapshot_pack(
+                        state.model, data.x_ntk, sequential=self.sequential)}
+        if cfg.linearized:
+            gap = eqx.filter_vmap(lambda mdl, lp, init: self._evaluate_member(
+                mdl, lp, init, data)["lin_output_gap"])
+            out["best_lin_output_gap"] = jnp.where(
+                found, gap(best_model, best.lin_params, data.init), jnp.nan)
+        return final, out, snapshots
+
+    def _final_train(self, model, lin_params, init, data, m_idx, m_w, m_x):
+        x, y = self._inputs(data, m_idx, m_x, slice(None))
+        loss, logits = self._loss(model, x, y, m_w)
+        out = {"train_loss": loss, "train_accuracy": jnp.sum(m_w * (jnp.argmax(logits, -1) == y))}
+        if self.config.linearized:
+            out["lin_train_loss"], _ = self._lin_loss(lin_params, linearized(model, init), x, y,
+                                                      m_w)
+        return out
 

@@ -1,8 +1,279 @@
-"""Public model API: `MLP`, `CNN` and the ensemble stacking helpers."""
+"""Equinox models that map ONE example to `O` logits (SPEC.md §9).
 
-from ntkbench._models import CNN as CNN
-from ntkbench._models import MLP as MLP
-from ntkbench._models import concat as concat
-from ntkbench._models import init_dense as init_dense
-from ntkbench._models import member as member
-from ntkbench._models import stack as stack
+Batching is the caller's `jax.vmap`; ensembles are `eqx.filter_vmap` over stacked members.
+
+`MLP(..., pad_to=W)` builds a network of true width `w` inside a `W`-wide shape. The weights of
+the true network are drawn at their true shape (so the init distribution and fan-in are exactly
+those of the unpadded net, and the values do not depend on `W`), then zero-padded; boolean masks
+zero the padded hidden units. Padded parameters therefore get exactly zero gradient and never move
+under Adam or SGD, and the function, gradients and NTK equal those of the unpadded network.
+
+`MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout` and
+`structured_forward`): all its trainable parameters are dense layers `u = W h + b` in the
+standard parameterization. The CNN does not (its NTK uses the implicit or Jacobian method).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+Init = Literal["lecun_normal", "xavier_uniform", "he_uniform"]
+
+_INITIALIZERS = {
+    # Flax/JAX lecun_normal: truncated normal on [-2, 2], std sqrt(1/fan_in) after truncation.
+    "lecun_normal": jax.nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
+    "xavier_uniform": jax.nn.initializers.glorot_uniform(in_axis=-1, out_axis=-2),
+    "he_uniform": jax.nn.initializers.he_uniform(in_axis=-1, out_axis=-2),
+}
+
+
+def init_dense(
+    key: PRNGKeyArray, out_size: int, in_size: int, init: Init, dtype=jnp.float32
+) -> tuple[Float[Array, "out in"], Float[Array, " out"]]:
+    """Weight `(out, in)` and zero bias of one dense layer, drawn at its true shape."""
+    if init not in _INITIALIZERS:
+        raise ValueError(f"Unknown init {init!r}; choose one of {sorted(_INITIALIZERS)}.")
+    w = _INITIALIZERS[init](key, (out_size, in_size), dtype)
+    return w, jnp.zeros((out_size,), dtype)
+
+
+def _pad2(w: Array, rows: int, cols: int) -> Array:
+    return jnp.pad(w, ((0, rows - w.shape[0]), (0, cols - w.shape[1])))
+
+
+class MLP(eqx.Module):
+    """`depth` hidden ReLU layers of `width` units and a linear readout to `out_size` logits.
+
+    Example:
+        >>> model = MLP(64, 10, width=32, depth=3, key=jax.random.key(0), pad_to=128)
+        >>> model(jnp.ones(64)).shape
+        (10,)
+
+    Attributes:
+        weights: `depth + 1` arrays; hidden layer `l` is `(W, in_l)`, the readout `(out, W)`,
+            with `W = pad_to or width`.
+        biases: `depth + 1` arrays `(W,)`, readout `(out,)`.
+        masks: `depth` boolean arrays `(W,)`, True on the `width` real units (not trainable).
+        width: int32 scalar, the true width (not trainable; differs across a padded pack).
+    """
+
+    weights: tuple[Float[Array, "o i"], ...]
+    biases: tuple[Float[Array, " o"], ...]
+    masks: tuple[Bool[Array, " w"], ...]
+    width: Int[Array, ""]
+    in_size: int = eqx.field(static=True)
+    out_size: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    padded_width: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int,
+        width: int,
+        depth: int,
+        *,
+        key: PRNGKeyArray,
+        pad_to: int | None = None,
+        init: Init = "lecun_normal",
+        dtype=jnp.float32,
+    ):
+        width, depth = int(width), int(depth)
+        if width < 1 or depth < 1 or in_size < 1 or out_size < 1:
+            raise ValueError(
+                f"MLP needs positive sizes, got in_size={in_size}, out_size={out_size}, "
+                f"width={width}, depth={depth}."
+            )
+        padded = width if pad_to is None else int(pad_to)
+        if padded < width:
+            raise ValueError(f"pad_to={padded} is smaller than width={width}; use pad_to >= width.")
+        keys = jax.random.split(key, depth + 1)
+        sizes = [in_size] + [width] * depth + [out_size]
+        padded_sizes = [in_size] + [padded] * depth + [out_size]
+        weights, biases = [], []
+        for l, k in enumerate(keys):
+            w, b = init_dense(k, sizes[l + 1], sizes[l], init, dtype)
+            weights.append(_pad2(w, padded_sizes[l + 1], padded_sizes[l]))
+            biases.append(jnp.pad(b, (0, padded_sizes[l + 1] - sizes[l + 1])))
+        self.weights = tuple(weights)
+        self.biases = tuple(biases)
+        self.masks = tuple(jnp.arange(padded) < width for _ in range(depth))
+        self.width = jnp.asarray(width, jnp.int32)
+        self.in_size, self.out_size, self.depth, self.padded_width = (
+            in_size, out_size, depth, padded,
+        )
+
+    def structured_layout(self) -> tuple[tuple[int, int, bool], ...]:
+        """`(in_size, out_size, has_bias)` of every dense layer, in forward order (padded sizes)."""
+        sizes = [self.in_size] + [self.padded_width] * self.depth + [self.out_size]
+        return tuple((sizes[l], sizes[l + 1], True) for l in range(self.depth + 1))
+
+    def structured_forward(
+        self, x: Array, eps: Sequence[Array] | None = None
+    ) -> tuple[Float[Array, " o"], tuple[Array, ...]]:
+        """Forward pass with additive perturbations of every pre-activation.
+
+        Args:
+            x: one example, any shape with `in_size` elements.
+            eps: one array `(out_l,)` per dense layer, added to `W_l h_l + b_l`; None for zeros.
+
+        Returns:
+            The logits `(out_size,)` and the inputs `h_l` of every dense layer.
+        """
+        h = jnp.reshape(x, (-1,))
+        inputs = []
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            inputs.append(h)
+            u = w @ h + b
+            if eps is not None:
+                u = u + eps[l]
+            if l < self.depth:
+                h = jnp.where(self.masks[l], jax.nn.relu(u), 0.0)
+            else:
+                h = u
+        return h, tuple(inputs)
+
+    def __call__(self, x: Array) -> Float[Array, " o"]:
+        return self.structured_forward(x)[0]
+
+    def padded(self, pad_to: int) -> MLP:
+        """The same network inside a `pad_to`-wide shape, as `MLP(..., pad_to=pad_to)` builds it.
+
+        Works on a stacked pack too (it pads the trailing axes). The zero padding is done on the
+        host, exactly, so the real entries keep their bits.
+        """
+        pad_to = int(pad_to)
+        if pad_to < self.padded_width:
+            raise ValueError(f"pad_to={pad_to} is smaller than the current width "
+                             f"{self.padded_width}; use pad_to >= {self.padded_width}.")
+        sizes = [self.in_size] + [pad_to] * self.depth + [self.out_size]
+
+        def pad(a, shape):
+            a = np.asarray(a)
+            lead = a.ndim - len(shape)
+            return jnp.asarray(np.pad(a, [(0, 0)] * lead + [
+                (0, s - a.shape[lead + i]) for i, s in enumerate(shape)]))
+
+        return self._resized(
+            pad_to,
+            tuple(pad(W, (sizes[l + 1], sizes[l])) for l, W in enumerate(self.weights)),
+            tuple(pad(b, (sizes[l + 1],)) for l, b in enumerate(self.biases)),
+            tuple(pad(m, (pad_to,)) for m in self.masks),
+        )
+
+    def unpadded(self) -> MLP:
+        """The same network at its true width (one member, concrete `width` only)."""
+        w = int(self.width)
+        sizes = [self.in_size] + [w] * self.depth + [self.out_size]
+        return self._resized(
+            w,
+            tuple(W[: sizes[l + 1], : sizes[l]] for l, W in enumerate(self.weights)),
+            tuple(b[: sizes[l + 1]] for l, b in enumerate(self.biases)),
+            tuple(m[:w] for m in self.masks),
+        )
+
+    def _resized(self, padded_width: int, weights, biases, masks) -> MLP:
+        """This network with new arrays at another padded width (no re-initialization)."""
+        net = object.__new__(MLP)
+        fields = dict(weights=weights, biases=biases, masks=masks, width=self.width,
+                      in_size=self.in_size, out_size=self.out_size, depth=self.depth,
+                      padded_width=padded_width)
+        for name, value in fields.items():
+            object.__setattr__(net, name, value)
+        return net
+
+
+class CNN(eqx.Module):
+    """The noise-scaling CNN: `num_conv` conv layers of `filters` filters, a dense layer of
+    `hidden` units, He uniform (the paper: 3 x 32, dense 64; docs/definitions.md, "models").
+
+    Each conv block is a 3x3 'SAME' convolution, ReLU and 2x2 max pooling. Input is one image
+    `(H, W, C)` (channels last, as the datasets store them; a flat vector is reshaped), output
+    `out_size` logits. In a sweep, `width` is the number of filters and `depth` the number of
+    conv layers.
+
+    Example:
+        >>> cnn = CNN((8, 8, 1), 10, key=jax.random.key(0), filters=4)
+        >>> cnn(jnp.ones(64)).shape
+        (10,)
+    """
+
+    convs: tuple[eqx.nn.Conv2d, ...]
+    dense: Float[Array, "h f"]
+    dense_bias: Float[Array, " h"]
+    readout: Float[Array, "o h"]
+    readout_bias: Float[Array, " o"]
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    out_size: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        out_size: int,
+        *,
+        key: PRNGKeyArray,
+        filters: int = 32,
+        num_conv: int = 3,
+        hidden: int = 64,
+        init: Init = "he_uniform",
+        dtype=jnp.float32,
+    ):
+        h, w, c = image_shape
+        keys = jax.random.split(key, num_conv + 2)
+        convs = []
+        in_ch = c
+        for k in keys[:num_conv]:
+            conv = eqx.nn.Conv2d(in_ch, filters, 3, padding="SAME", key=k, dtype=dtype)
+            fan_in = in_ch * 9
+            kernel = _INITIALIZERS[init](k, (filters, fan_in), dtype).reshape(conv.weight.shape)
+            conv = eqx.tree_at(lambda cv: (cv.weight, cv.bias), conv,
+                               (kernel, jnp.zeros_like(conv.bias)))
+            convs.append(conv)
+            in_ch = filters
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"Image shape {image_shape} is too small for {num_conv} pooling "
+                             f"stages (needs >= {2**num_conv}x{2**num_conv}); use fewer conv "
+                             "layers (depth).")
+        features = h * w * filters
+        self.convs = tuple(convs)
+        self.dense, self.dense_bias = init_dense(keys[-2], hidden, features, init, dtype)
+        self.readout, self.readout_bias = init_dense(keys[-1], out_size, hidden, init, dtype)
+        self.image_shape = tuple(image_shape)
+        self.out_size = out_size
+
+    def __call__(self, x: Array) -> Float[Array, " o"]:
+        h = jnp.transpose(jnp.reshape(x, self.image_shape), (2, 0, 1))
+        for conv in self.convs:
+            h = jax.nn.relu(conv(h))
+            h = eqx.nn.MaxPool2d(2, 2)(h)
+        h = jax.nn.relu(self.dense @ jnp.reshape(h, (-1,)) + self.dense_bias)
+        return self.readout @ h + self.readout_bias
+
+
+def stack(members: Sequence[eqx.Module]) -> eqx.Module:
+    """Stack same-shaped members (e.g. padded to one width) along a new leading member axis."""
+    arrays = [eqx.filter(m, eqx.is_array) for m in members]
+    static = eqx.filter(members[0], eqx.is_array, inverse=True)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *arrays)
+    return eqx.combine(stacked, static)
+
+
+def concat(packs: Sequence[eqx.Module]) -> eqx.Module:
+    """Concatenate stacked ensembles (same padded shape) along their member axis."""
+    arrays = [eqx.filter(m, eqx.is_array) for m in packs]
+    static = eqx.filter(packs[0], eqx.is_array, inverse=True)
+    return eqx.combine(jax.tree.map(lambda *xs: jnp.concatenate(xs), *arrays), static)
+
+
+def member(stacked: eqx.Module, i: int) -> eqx.Module:
+    """Member `i` of a stacked ensemble."""
+    arrays, static = eqx.partition(stacked, eqx.is_array)
+    return eqx.combine(jax.tree.map(lambda a: a[i], arrays), static)

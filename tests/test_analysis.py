@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ntkbench import analysis
+from ntkbench import _analysis as analysis
+from ntkbench import _fits
 from ntkbench.observables import adaptation_rate
 
 
@@ -125,15 +126,31 @@ def test_summarize_error_names_missing_variables():
         analysis.summarize(make_sweep().drop_vars("ntk_trace"))
 
 
+def _naive_alpha(trace, loss, window):
+    """A loop over records: running means centred at each window, central differences."""
+    ell = np.log(loss)
+    means = [(c + (window - 1) / 2, trace[c:c + window].mean(), ell[c:c + window].mean())
+             for c in range(len(trace) - window + 1)]
+    out = np.full(len(trace), np.nan)
+    step = 1 if window % 2 == 0 else 2
+    for (c0, t0, l0), (c1, t1, l1) in zip(means, means[step:]):
+        k = (c0 + c1) / 2
+        if k == int(k) and (window + 1) // 2 <= k < len(trace) - (window + 1) // 2:
+            out[int(k)] = -(t1 - t0) / (l1 - l0)
+    return out
+
+
 @pytest.mark.parametrize("window", [2, 3, 20])
-def test_numpy_adaptation_rate_matches_observables(window):
+def test_float64_adaptation_rate_matches_a_naive_loop(window):
     rng = np.random.default_rng(1)
     loss = np.exp(-np.linspace(0, 5, 80) + 0.02 * rng.normal(size=80))
     trace = 2 - 1.3 * np.log(loss) + 0.05 * rng.normal(size=80)
     with jax.enable_x64(True):
-        want = np.asarray(adaptation_rate(jnp.asarray(trace), jnp.asarray(loss), window))
-    np.testing.assert_allclose(analysis.adaptation_rate_np(trace, loss, window), want,
-                               rtol=1e-12, equal_nan=True)
+        direct = np.asarray(adaptation_rate(jnp.asarray(trace), jnp.asarray(loss), window))
+    np.testing.assert_allclose(analysis.alpha_series(trace, loss, window), direct, rtol=1e-12,
+                               equal_nan=True)
+    np.testing.assert_allclose(direct, _naive_alpha(trace, loss, window), rtol=1e-10,
+                               equal_nan=True)
 
 
 # ----------------------------------------------------------------------------- power laws
@@ -146,23 +163,23 @@ def test_fit_power_law_recovers_exponent_with_interval():
     x = 2.0 ** np.arange(3, 12)
     y = _noisy(x, lambda x: 4.0 * x**-0.5)
     y[2, :5] = np.nan  # missing seeds are ignored
-    fit = analysis.fit_power_law(x, y, num_bootstrap=500, seed=1)
+    fit = _fits.fit_power_law(x, y, num_bootstrap=500, seed=1)
     assert abs(fit.beta + 0.5) < 0.02
     assert fit.ci_low < -0.5 < fit.ci_high and fit.ci_high - fit.ci_low < 0.05
     assert abs(fit.c / 4.0 - 1) < 0.1
-    same = analysis.fit_power_law(x, y.T, replicate_axis=0, num_bootstrap=500, seed=1)
+    same = _fits.fit_power_law(x, y.T, replicate_axis=0, num_bootstrap=500, seed=1)
     assert same == fit
-    c, beta, lo, hi = analysis.fit_power_law(x, y.mean(1))  # 1-D: no replicates, no interval
+    c, beta, lo, hi, _ = _fits.fit_power_law(x, y.mean(1))  # 1-D: no replicates, no interval
     assert abs(beta + 0.5) < 0.02 and np.isnan(lo) and np.isnan(hi)
 
 
 def test_fit_power_law_degenerate_inputs():
-    fit = analysis.fit_power_law([1.0, 2.0], [[1.0], [np.nan]])
+    fit = _fits.fit_power_law([1.0, 2.0], [[1.0], [np.nan]])
     assert np.isnan(fit.beta) and np.isnan(fit.c)
-    fit = analysis.fit_power_law([1.0, 2.0, 4.0], [-1.0, 2.0, 4.0])  # non-positive mean dropped
+    fit = _fits.fit_power_law([1.0, 2.0, 4.0], [-1.0, 2.0, 4.0])  # non-positive mean dropped
     np.testing.assert_allclose(fit.beta, 1.0)
     with pytest.raises(ValueError, match="replicate"):
-        analysis.fit_power_law([1.0, 2.0], np.ones((3, 2)))
+        _fits.fit_power_law([1.0, 2.0], np.ones((3, 2)))
 
 
 def _broken(x_break, beta_below, beta_above, c=1.0):
@@ -178,7 +195,7 @@ def _broken(x_break, beta_below, beta_above, c=1.0):
 def test_fit_broken_power_law_recovers_transition(x_break, beta_below, beta_above):
     x = 2.0 ** np.arange(3, 15)
     y = _noisy(x, _broken(x_break, beta_below, beta_above, c=3.0), sigma=0.05)
-    fit = analysis.fit_broken_power_law(x, y, num_bootstrap=300, seed=2)
+    fit = _fits.fit_broken_power_law(x, y, num_bootstrap=300, seed=2)
     assert abs(np.log(fit.x_break / x_break)) < np.log(1.25)  # within 25 %
     assert fit.ci_low <= x_break <= fit.ci_high
     assert fit.ci_low <= fit.x_break <= fit.ci_high
@@ -188,11 +205,11 @@ def test_fit_broken_power_law_recovers_transition(x_break, beta_below, beta_abov
 
 def test_fit_broken_power_law_exact_and_too_few_points():
     x = np.geomspace(10, 1e4, 9)
-    fit = analysis.fit_broken_power_law(x, _broken(300.0, 0.7, -0.2)(x), num_bootstrap=0)
+    fit = _fits.fit_broken_power_law(x, _broken(300.0, 0.7, -0.2)(x), num_bootstrap=0)
     np.testing.assert_allclose([fit.x_break, fit.beta_below, fit.beta_above], [300, 0.7, -0.2],
                                rtol=1e-4)
     assert np.isnan(fit.ci_low)
-    assert np.isnan(analysis.fit_broken_power_law(x[:3], x[:3]).x_break)
+    assert np.isnan(_fits.fit_broken_power_law(x[:3], x[:3]).x_break)
 
 
 # ----------------------------------------------------------------------------- sweep-level fits
@@ -216,19 +233,19 @@ def _depth_sweep():
 
 def test_fit_scaling_per_depth():
     ds = _depth_sweep()
-    fits = analysis.fit_scaling(ds, "min_test_loss", "width", num_bootstrap=200)
+    fits = _fits.fit_scaling(ds, "min_test_loss", "width", num_bootstrap=200)
     assert fits["beta"].dims == ("depth",)
     np.testing.assert_allclose(fits["beta"], [-0.5, -0.3], atol=0.02)
     np.testing.assert_allclose(fits["c"], [2.0, 3.0], rtol=0.1)
     assert np.all(fits["ci_low"] < fits["beta"]) and np.all(fits["beta"] < fits["ci_high"])
     with pytest.raises(ValueError, match="non-replicate"):
-        analysis.fit_scaling(ds, "min_test_loss", "seed")
+        _fits.fit_scaling(ds, "min_test_loss", "seed")
     with pytest.raises(ValueError, match="summarize"):
-        analysis.fit_scaling(ds, "alpha_star", "width")
+        _fits.fit_scaling(ds, "alpha_star", "width")
 
 
 def test_transition_width_per_depth():
-    tw = analysis.transition_width(_depth_sweep(), "erank_star", "width", num_bootstrap=200)
+    tw = _fits.transition_width(_depth_sweep(), "erank_star", "width", num_bootstrap=200)
     np.testing.assert_allclose(np.log(tw["x_break"] / np.array([256.0, 1024.0])), 0.0,
                                atol=np.log(1.3))
     np.testing.assert_allclose(tw["beta_below"], 0.5, atol=0.08)

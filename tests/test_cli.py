@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ntkbench import _sweep
+from ntkbench._workdir import Workdir
 from ntkbench.launchers.cli import main
 
 
@@ -68,7 +68,8 @@ def test_foreign_directory_is_refused(tmp_path, capsys):
 
 def test_second_process_is_refused(tmp_path, capsys):
     w = str(tmp_path / "w")
-    with _sweep.workdir_lock(w):
+    os.makedirs(w)
+    with Workdir(w).lock():
         code, err = _run(capsys, "run", "--config=smoke", f"--workdir={w}")
     assert code == 2 and "Another ntkbench process" in err[0]
 

@@ -8,20 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkbench.datasets import (
-    CIFAR10_BINARY_URL,
-    DATASET_NAMES,
-    Dataset,
-    DatasetError,
-    DatasetNotFoundError,
+from ntkbench._config import DATASETS as DATASET_NAMES
+from ntkbench._data import Dataset
+from ntkbench._datasets import digits_split, load_dataset, synthetic_dataset
+from ntkbench._errors import DatasetError, DatasetNotFoundError
+from ntkbench._noise import (
     apply_noisy_replacement,
     check_noise_fractions,
-    digits_split,
     draw_indices,
-    load_dataset,
     noisy_replacement,
-    synthetic_dataset,
 )
+from ntkbench._readers import CIFAR10_BINARY_URL
 
 IDX_STEMS = {
     "train_images": "train-images-idx3-ubyte",

@@ -7,29 +7,34 @@ import os
 import numpy as np
 import pytest
 
-from ntkbench import config as cfg
-from ntkbench import results
-from ntkbench._results import PER_RECORD, ResultsError, ResultsStore
+import ntkbench
+from ntkbench import IntegrityError, WorkdirError
+from ntkbench import load as _load
+from ntkbench._schema import AXES, EPOCH_VARIABLES, NTK_EXACT
+from ntkbench._store import ResultsStore
 from ntkbench.launchers.cli import main
-from ntkbench.recording import make_record
-from ntkbench.sweep import WorkdirError, run_sweep
 
-BASE = dict(cfg.get_config("smoke").to_dict(), epochs=6, ntk_every=3, chunk_epochs=3,
+BASE = dict(ntkbench.get_config("smoke").to_dict(), epochs=6, ntk_every=3, chunk_epochs=3,
             widths=(4, 16), num_seeds=2)
+PER_RECORD = [v for v in EPOCH_VARIABLES + NTK_EXACT if not v.startswith("lin_")]
+
+
+class results:  # noqa: N801 - the old module's name, for the assertions below
+    load = staticmethod(_load)
 
 
 def _config(**over):
-    return cfg.from_config_dict({**BASE, **over})
+    return ntkbench.from_config_dict({**BASE, **over})
 
 
 def _run(config, workdir, **kw):
-    return run_sweep(config, str(workdir), log=lambda s: None, make_record=make_record, **kw)
+    return ntkbench.run(config, str(workdir), hooks=ntkbench.Hooks(log=lambda s: None), **kw)
 
 
 def _record_files(workdir):
     """Every stored chunk of the results (not metadata or coordinates): path -> (mtime, bytes)."""
     root = os.path.join(workdir, "results")
-    coords = set(cfg.AXES) | {"epoch", "row", "col"}
+    coords = set(AXES) | {"epoch", "row", "col"}
     out = {}
     for dirpath, _, files in os.walk(root):
         rel = os.path.relpath(dirpath, root).split(os.sep)[0]
@@ -61,14 +66,15 @@ def test_extension_trains_only_new_members_and_keeps_old_bits(extended):
     after = results.load(str(w), snapshots=True)
     assert list(after.width.values) == [4, 8, 16] and list(after.seed.values) == [0, 1, 2]
     old = dict(width=[4, 16], seed=[0, 1])
-    for name in list(PER_RECORD) + ["ntk_snapshot", "epochs_done", "diverged"]:
+    for name in list(PER_RECORD) + ["ntk_snapshot", "last_record", "diverged", "k_star",
+                                   "best_ntk_erank"]:
         a, b = before[name].values, after[name].sel(**old).values
         assert np.array_equal(a, b, equal_nan=True), name
     # Not one stored chunk of a finished member was rewritten.
     now = _record_files(str(w))
     for path, (mtime, data) in files.items():
         assert now[path] == (mtime, data), path
-    assert (after.epochs_done == 6).all()
+    assert (after.last_record == 6).all()
     # The old packs keep their ids and members; the new ones follow, recorded in the history.
     m2 = json.loads((w / "manifest.json").read_text())
     assert m2["packs"][: len(manifest["packs"])] == manifest["packs"]
@@ -123,7 +129,7 @@ def test_cli_suggests_extend_and_refuses_without_it(extended, capsys):
 def test_store_grows_idempotently_and_repairs_an_interrupted_growth(tmp_path):
     small = _config(ntk_every=0)
     big = dataclasses.replace(small, widths=(4, 16, 8), num_seeds=3)
-    store = ResultsStore(str(tmp_path), small)
+    store = ResultsStore(str(tmp_path), small, 10)
     store.write_records([(0, 1, 0, 0, 0, 1)], 0, {"train_loss": np.ones((7, 1))})
     store.commit([(0, 1, 0, 0, 0, 1)], 6)
     # A crash after growing the width coordinate but before writing its new value.
@@ -132,17 +138,17 @@ def test_store_grows_idempotently_and_repairs_an_interrupted_growth(tmp_path):
                   open=True).result()
     arr.resize(exclusive_max=[3], expand_only=True, resize_metadata_only=True).result()
     for _ in range(2):
-        store = ResultsStore(str(tmp_path), big)
+        store = ResultsStore(str(tmp_path), big, 10)
     assert store.arrays["train_loss"].shape == (1, 3, 1, 1, 1, 3, 7)
-    assert store.epochs_done((0, 1, 0, 0, 0, 1)) == 6
-    assert store.epochs_done((0, 2, 0, 0, 0, 2)) == -1
+    assert store.last_record((0, 1, 0, 0, 0, 1)) == 6
+    assert store.last_record((0, 2, 0, 0, 0, 2)) == -1
     got = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "width")}},
                   open=True).result().read().result()
     assert got.tolist() == [4, 16, 8]
-    with pytest.raises(ResultsError, match="another sweep"):
-        ResultsStore(str(tmp_path), dataclasses.replace(small, widths=(4, 32)))
-    with pytest.raises(ResultsError, match="another sweep"):
-        ResultsStore(str(tmp_path), small)  # never shrinks
+    with pytest.raises(IntegrityError, match="another sweep"):
+        ResultsStore(str(tmp_path), dataclasses.replace(small, widths=(4, 32)), 10)
+    with pytest.raises(IntegrityError, match="another sweep"):
+        ResultsStore(str(tmp_path), small, 10)  # never shrinks
 
 
 def test_checkpoint_settings_may_change_between_runs(extended):

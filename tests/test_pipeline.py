@@ -1,4 +1,4 @@
-"""ntkbench.pipeline: per-member grain batch orders, their state, and input validation."""
+"""ntkbench._pipeline: per-member grain batch orders, their state, and input validation."""
 
 import collections
 import doctest
@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ntkbench import _pipeline
-from ntkbench.pipeline import STATE_VERSION, MinibatchSchedule, member_dataset, num_steps
+from ntkbench._pipeline import STATE_VERSION, MinibatchSchedule, member_dataset, num_steps
 
 
 def assert_valid_epoch(batches: np.ndarray, n: int, batch_size: int):

@@ -1,11 +1,11 @@
-"""Tests of `ntkbench.profiling`: a tiny profile runs in seconds and fills the table."""
+"""Tests of `ntkbench._profiling`: a tiny profile runs in seconds and fills the table."""
 
 from __future__ import annotations
 
 import jax
 import pytest
 
-from ntkbench.profiling import COLUMNS, format_table, run_profile
+from ntkbench._profiling import COLUMNS, format_table, run_profile
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
-"""`ntkbench.report.write_report` on small synthetic sweeps with the results schema."""
+"""`ntkbench.write_report` on small synthetic sweeps with the results schema."""
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from ntkbench.analysis import summarize
-from ntkbench.report import write_report
+from ntkbench import summarize, write_report
 
 _PER_EPOCH = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "ntk_trace",
               "ntk_entropy", "ntk_erank", "label_alignment", "label_alignment_traced",

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ntkbench import config as cfg
-from ntkbench.results import ResultsError, ResultsStore, load
+import ntkbench
+from ntkbench import IntegrityError as ResultsError
+from ntkbench import load
+from ntkbench._store import ResultsStore
 
 
 def _store(tmp_path):
-    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "epochs": 4})
-    return c, ResultsStore(str(tmp_path / "results"), c)
+    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 4})
+    return c, ResultsStore(str(tmp_path / "results"), c, 10)
 
 
 def test_open_directly_with_xarray(tmp_path):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ntkbench import results
+import ntkbench
 
 ARGS = ["--config=smoke", "--config.epochs=30", "--config.chunk_epochs=5",
         "--config.checkpoint_every_epochs=5", "--config.ntk_every=5", "--config.widths=(4,16)",
@@ -48,7 +48,7 @@ def _wait_for_progress(proc, count=1, timeout=120):
 
 
 def _all_arrays(workdir):
-    ds = results.load(workdir, snapshots=True)
+    ds = ntkbench.load(workdir, snapshots=True)
     return {k: np.asarray(ds[k].values) for k in ds.data_vars}
 
 
@@ -138,18 +138,15 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference):
 def test_minibatch_sgd_resumes_bit_identical(tmp_path):
     """In-process stop after the first chunk (as SIGTERM would), then resume: the grain
     minibatch schedule continues from the checkpoint epoch, and the results are identical."""
-    from ntkbench import config as cfg
-    from ntkbench import sweep
-    from ntkbench.recording import make_record
-
-    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "optimizer": "sgd",
-                              "batch_size": 8, "lr": 0.05, "epochs": 12, "chunk_epochs": 4,
-                              "checkpoint_every_epochs": 4, "widths": (8,)})
+    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "optimizer": "sgd",
+                                   "batch_size": 8, "lr": 0.05, "epochs": 12, "chunk_epochs": 4,
+                                   "checkpoint_every_epochs": 4, "widths": (8,)})
     ref, w = str(tmp_path / "ref"), str(tmp_path / "w")
-    sweep.run_sweep(c, ref, log=lambda s: None, make_record=make_record)
+    quiet = ntkbench.Hooks(log=lambda s: None)
+    ntkbench.run(c, ref, hooks=quiet)
     calls = iter([False, True])
-    with pytest.raises(sweep.Interrupted):
-        sweep.run_sweep(c, w, log=lambda s: None, make_record=make_record,
-                        should_stop=lambda: next(calls, False))
-    sweep.run_sweep(c, w, log=lambda s: None, make_record=make_record)
+    with pytest.raises(ntkbench.Interrupted):
+        ntkbench.run(c, w, hooks=ntkbench.Hooks(log=lambda s: None,
+                                                should_stop=lambda: next(calls, False)))
+    ntkbench.run(c, w, hooks=quiet)
     _assert_identical(_all_arrays(ref), _all_arrays(w))

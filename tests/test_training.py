@@ -7,21 +7,32 @@ import numpy as np
 import optax
 import pytest
 
-from ntkbench import config as cfg
-from ntkbench import ensemble
+import ntkbench
 from ntkbench._datasets import synthetic_dataset
-from ntkbench._sweep import build_data, build_models, ntk_test_indices
+from ntkbench._pack import SweepData, build_data, build_models, minibatch_schedule
+from ntkbench._planner import plan
+from ntkbench._recording import Recorder
+from ntkbench._sweep import model_family
 from ntkbench._training import PackProgram, per_sample_loss
 from ntkbench.models import member
 
 
 def _setup(**kw):
-    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "ntk_every": 0, **kw})
+    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "ntk_every": 0,
+                                   **kw})
     data = synthetic_dataset(200, 100)
-    pack = ensemble.plan(c, data.input_size, data.num_classes).packs[-1]
-    model = build_models(c, pack, data.input_size, data.input_shape, data.num_classes)
-    pdata = build_data(c, pack, data, ntk_test_indices(c, data))
+    family = model_family(c, data)
+    pack = plan(c, family).packs[-1]
+    model = build_models(c, family, pack)
+    pdata = build_data(c, pack, SweepData.of(c, data))
     return c, pack, model, pdata
+
+
+def _eval_split(pdata):
+    """The evaluation split of a pack, unchunked (real samples only)."""
+    keep = np.asarray(pdata.w_eval).reshape(-1) > 0
+    x = np.asarray(pdata.x_eval).reshape(-1, pdata.x_eval.shape[-1])[keep]
+    return x, np.asarray(pdata.y_eval).reshape(-1)[keep]
 
 
 def _loss_of(c, model, x, y):
@@ -32,21 +43,22 @@ def _loss_of(c, model, x, y):
 def test_records_follow_spec(optimizer, batch):
     c, pack, model, pdata = _setup(optimizer=optimizer, batch_size=batch, lr=1e-2, epochs=6)
     prog = PackProgram(c)
-    state = prog.init_state(model)
-    from ntkbench._sweep import minibatch_schedule
-
-    schedule = minibatch_schedule(c, pack.members)
-    batches = None if schedule is None else schedule.next_chunk(4)
+    state = prog.init_state(pdata, model)
+    schedule = minibatch_schedule(c, pack)
+    batches = None if schedule is None else np.swapaxes(schedule.next_chunk(4), 0, 1)
     state, out = prog.train_chunk(pdata, state, 4, batches)
     assert out["train_loss"].shape == (4, pack.num_members)
     # Record 0 is the initialization.
     x0 = pdata.x[pdata.idx[0]]
     y0 = pdata.y[pdata.idx[0]]
     np.testing.assert_allclose(out["train_loss"][0, 0], _loss_of(c, member(model, 0), x0, y0), rtol=1e-5)
+    # The test loss is measured on the evaluation split (the whole test split by default).
+    x_eval, y_eval = _eval_split(pdata)
+    assert len(y_eval) == 100
     np.testing.assert_allclose(out["test_loss"][0, 0],
-                               _loss_of(c, member(model, 0), pdata.x_test, pdata.y_test), rtol=1e-5)
-    # The final state is recorded by evaluate, and equals the loss of the trained parameters.
-    final, state2 = prog.evaluate(pdata, state)
+                               _loss_of(c, member(model, 0), x_eval, y_eval), rtol=1e-5)
+    # The final state is recorded by finish, and equals the loss of the trained parameters.
+    final, _, _ = prog.finish(pdata, state)
     np.testing.assert_allclose(final["train_loss"][0], _loss_of(c, member(state.model, 0), x0, y0), rtol=1e-5)
     assert int(state.epoch) == 4
     assert np.all(np.diff(out["train_loss"], axis=0)[1:].mean(axis=1) < 0)  # it learns
@@ -55,7 +67,7 @@ def test_records_follow_spec(optimizer, batch):
 def test_full_batch_adam_matches_a_plain_optax_loop():
     c, pack, model, pdata = _setup(lr=3e-3)
     prog = PackProgram(c)
-    state, out = prog.train_chunk(pdata, prog.init_state(model), 3)
+    state, out = prog.train_chunk(pdata, prog.init_state(pdata, model), 3)
     m = member(model, 1)
     x, y = pdata.x[pdata.idx[1]], pdata.y[pdata.idx[1]]
     opt = optax.adam(c.lr, b1=c.b1, b2=c.b2)
@@ -75,8 +87,8 @@ def test_diverged_member_is_frozen_and_isolated():
     c, pack, model, pdata = _setup(lr=1e-2)
     bad = eqx.tree_at(lambda m: m.weights[0], model, model.weights[0].at[0, 0, 0].set(jnp.inf))
     prog = PackProgram(c)
-    s_good, out_good = prog.train_chunk(pdata, prog.init_state(model), 5)
-    s_bad, out_bad = prog.train_chunk(pdata, prog.init_state(bad), 5)
+    s_good, out_good = prog.train_chunk(pdata, prog.init_state(pdata, model), 5)
+    s_bad, out_bad = prog.train_chunk(pdata, prog.init_state(pdata, bad), 5)
     assert bool(s_bad.diverged[0]) and not bool(jnp.any(s_bad.diverged[1:]))
     assert np.all(np.isnan(out_bad["train_loss"][1:, 0]))
     # Frozen: parameters of the diverged member never change.
@@ -92,32 +104,34 @@ def test_mse_loss():
 
 
 def test_layer_records_sum_to_the_trace(tmp_path):
-    from ntkbench import results, sweep
-    from ntkbench.recording import make_record
-
-    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "epochs": 5, "layer_ntks": True,
-                              "widths": (6,), "num_seeds": 1, "ntk_every": 5})
-    sweep.run_sweep(c, str(tmp_path / "w"), log=lambda s: None, make_record=make_record)
-    ds = results.load(str(tmp_path / "w"))
+    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 5,
+                                   "layer_ntks": True, "widths": (6,), "num_seeds": 1,
+                                   "ntk_every": 5})
+    ntkbench.run(c, str(tmp_path / "w"), hooks=ntkbench.Hooks(log=lambda s: None))
+    ds = ntkbench.load(str(tmp_path / "w"))
     parts = ds["layer_ntk_trace"].sum("layer", skipna=False)
     np.testing.assert_allclose(parts.values, ds["ntk_trace"].values, rtol=1e-5)
     assert ds["layer_ck_erank"].sizes["layer"] == c.depth[0] + 1
 
 
 def test_ntk_quantities_average_over_test_draws():
-    """SPEC.md §10 noise scaling: NTK quantities are means over draws of the test set."""
+    """Noise scaling (docs/definitions.md §10): NTK quantities are means over test draws."""
     from ntkbench import kernels, observables
     from ntkbench.models import MLP
-    from ntkbench.recording import make_record
 
-    c = cfg.from_config_dict({**cfg.get_config("smoke").to_dict(), "n_test": 6, "ntk_test_draws": 2})
-    record_fn, record_init = make_record(c, 3)
+    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "n_test": 6,
+                                   "ntk_test_draws": 2})
+    rec = Recorder(c, 3)
     model = MLP(5, 3, 7, 2, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (12, 5))
     y = jnp.arange(12) % 3
-    out, carry = record_fn(model, x, y, record_init(model, None), jnp.asarray(1.0))
+    pack = jax.tree.map(lambda a: a[None] if eqx.is_array(a) else a, model)
+    inputs = rec.prepare(pack, x, jax.random.split(jax.random.key(2), 1), sequential=True)
+    one = jax.tree.map(lambda a: a[0], inputs)
+    out, carry = rec.record(model, x, y, rec.init_carry(one), one, jnp.asarray(0))
     eranks = [observables.effective_rank(kernels.as_matrix(kernels.ntk(model, x[i * 6:(i + 1) * 6])))
               for i in range(2)]
     np.testing.assert_allclose(out["ntk_erank"], np.mean(eranks), rtol=1e-5)
     np.testing.assert_allclose(carry.erank, eranks, rtol=1e-5)
-    np.testing.assert_allclose(carry.best_ntk, kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)
+    # The initial NTK of each draw is a per-member constant of the record (never carried).
+    np.testing.assert_allclose(one.ntk0[0], kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)

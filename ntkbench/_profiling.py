@@ -232,6 +232,8 @@ def run_profile(
     memory_limit_bytes: int | None = None,
     time_budget_s: float | None = 60.0,
     peak_matmul_size: int | None = None,
+    sequential: bool = True,
+    trace_dir: str | None = None,
 ) -> list[dict]:
     """Profile the NTK methods on the paper's MLP at each width (see the module docstring).
 
@@ -254,6 +256,9 @@ def run_profile(
         time_budget_s: per case, make fewer than `repeats` timed calls when the warm-up call
             shows they would take longer than this (None: always `repeats`).
         peak_matmul_size: side of the reference matmul (default 2048 on CPU, 8192 otherwise).
+        sequential: how the pack rows run their members (`ntkbench.kernels.pack_map`): one at
+            a time (right on CPUs) or batched (accelerators).
+        trace_dir: write a `jax.profiler` trace of one structured NTK per width there.
 
     Returns:
         A list of rows (dicts with the keys `COLUMNS`): one `matmul_peak` row, then per width one
@@ -306,10 +311,17 @@ def run_profile(
             trow["speedup"] = srow["time_s"] / trow["time_s"]
         rows.append(trow)
 
+        if trace_dir:
+            jitted = jax.jit(structured)
+            jax.block_until_ready(jitted(params, x))
+            jax.profiler.start_trace(trace_dir)
+            jax.block_until_ready(jitted(params, x))
+            jax.profiler.stop_trace()
         if pack_size:
             rows.extend(
                 _pack_rows(
-                    width, kw, static, x, in_size, out_size, depth, pack_size, repeats, limit
+                    width, kw, static, x, in_size, out_size, depth, pack_size, repeats, limit,
+                    sequential,
                 )
             )
         if compare_neural_tangents:
@@ -326,11 +338,12 @@ def run_profile(
     return rows
 
 
-def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repeats, limit):
-    """A vmapped pack of structured NTKs against `pack_size` calls of the single-member kernel.
+def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repeats, limit,
+               sequential):
+    """A pack of structured NTKs in one call (`pack_map`) against `pack_size` single calls.
 
-    Both rows count `pack_size` times the FLOPs of one member: the vmapped program may compute
-    the members in a loop (one CPU device), whose body XLA's cost analysis counts once.
+    Both rows count `pack_size` times the FLOPs of one member: with `sequential` the pack runs
+    its members in a loop, whose body XLA's cost analysis counts once.
     """
     keys = jax.random.split(key, pack_size)
     pack = eqx.filter_vmap(lambda k: MLP(in_size, out_size, width, depth, key=k))(keys)
@@ -346,7 +359,7 @@ def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repea
 
     def vmapped(p, xb):
         one = lambda m: kernels.ntk(m, xb, method="structured")
-        return eqx.filter_vmap(one)(eqx.combine(p, pack_static))
+        return kernels.pack_map(one, eqx.combine(p, pack_static), sequential=sequential)
 
     vrow = _measure(
         width,
@@ -356,7 +369,7 @@ def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repea
         repeats,
         limit,
         per_call=pack_size,
-        note=f"{pack_size} members, one vmapped call",
+        note=f"{pack_size} members, one call ({'lax.map' if sequential else 'vmap'})",
         flops=pack_flops,
     )
     mem = _memory_bytes(compiled)

@@ -1,0 +1,77 @@
+"""`ntkbench profile`: NTK kernel throughput, and pack throughput over device counts."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from ntkbench.launchers._config_file import UsageError, parse
+
+
+def _define(fv) -> None:
+    flags.DEFINE_list("widths", ["64", "256", "1024"], "MLP widths to profile.", flag_values=fv)
+    flags.DEFINE_list("methods", ["jacobian", "implicit", "structured"], "NTK methods.",
+                      flag_values=fv)
+    flags.DEFINE_integer("n", 128, "Samples in the NTK.", flag_values=fv)
+    flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).", flag_values=fv)
+    flags.DEFINE_integer("pack_size", 20, "Members in the pack timing.", flag_values=fv)
+    flags.DEFINE_bool("compare_neural_tangents", False, "Also time neural-tangents if "
+                      "installed.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "PRNG seed.", flag_values=fv)
+    flags.DEFINE_list("devices", None, "Instead of the method table, time whole pack chunks "
+                      "(training and NTK records) on the first k devices for each k (e.g. "
+                      "1,2,4,8); on CPU fakes max(k) devices.", flag_values=fv)
+    flags.DEFINE_string("config", None, "A config file with model_fn: profile the NTK methods "
+                        "of that model and say which one `auto` picks and why.", flag_values=fv)
+    flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace of the timed calls.",
+                        flag_values=fv)
+
+
+def profile(argv: list[str]) -> int:
+    fv = parse(argv, _define)
+    import jax
+
+    if fv.devices:
+        try:
+            counts = sorted({int(k) for k in fv.devices})
+        except ValueError:
+            raise UsageError(f"--devices={','.join(fv.devices)} must be integers, e.g. "
+                             "1,2,4,8.") from None
+        if os.environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu"):
+            try:
+                jax.config.update("jax_num_cpu_devices", max(counts))
+            except RuntimeError:
+                pass  # JAX already started (e.g. under tests): use the devices there are
+        from ntkbench._devices import format_device_table, profile_devices
+
+        devices = jax.devices()
+        rows, what = profile_devices(counts, devices, trace_dir=fv.trace_dir)
+        print(f"backend {jax.default_backend()}, {len(devices)} devices; {what}")
+        print(format_device_table(rows))
+        return 0
+    from ntkbench import profiling
+
+    if fv.config:
+        from ntkbench.launchers._config_file import preset_or_file
+
+        cd, model_fn = preset_or_file(fv.config)
+        if model_fn is None:
+            raise UsageError(f"{fv.config} defines no model_fn; --config profiles a user's "
+                             "model (docs/models.md).")
+        print(profiling.profile_model(model_fn, cd, n=fv.n, repeats=fv.repeats,
+                                      key=jax.random.key(fv.seed)))
+        return 0
+    try:
+        widths = tuple(int(w) for w in fv.widths)
+    except ValueError:
+        raise UsageError(f"--widths={','.join(fv.widths)} must be integers, e.g. "
+                         "--widths=64,256.") from None
+    rows = profiling.run_profile(widths=widths, methods=tuple(fv.methods), n=fv.n,
+                                 repeats=fv.repeats, pack_size=fv.pack_size,
+                                 compare_neural_tangents=fv.compare_neural_tangents,
+                                 key=jax.random.key(fv.seed),
+                                 sequential=jax.default_backend() == "cpu",
+                                 trace_dir=fv.trace_dir)
+    print(profiling.format_table(rows))
+    return 0
