@@ -1,4 +1,6 @@
-"""Example config: a small MLP-Mixer on digits, `ntkbench run --config=examples/mixer.py`.
+"""Example config: a small MLP-Mixer on digits.
+
+Run it with `ntkbench run --config=examples/mixer.py --workdir=runs/mixer`.
 
 A config file for a user's own model defines two things:
 

@@ -1,4 +1,6 @@
-"""Example config: a residual MLP with layer norms, `ntkbench run --config=examples/residual_mlp.py`.
+"""Example config: a residual MLP with layer norms.
+
+Run it with `ntkbench run --config=examples/residual_mlp.py --workdir=runs/residual_mlp`.
 
 A config file for a user's own model defines two things:
 

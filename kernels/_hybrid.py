@@ -26,9 +26,10 @@ array (not "scalar") features and an unstacked `(out, in)` weight.
 
 To find out, `analyze_linears` runs the model once eagerly on zeros: concrete zero copies of its
 array leaves and of one example, under `jax.ensure_compile_time_eval` (so it also works while
-`ntk` is traced under `jit` or `vmap`), with every Linear replaced by a recording stand-in. A stand-in that
-receives a concrete array ran at the top level; one that receives a tracer ran inside a
-transformation of the model. If the probe raises (a model that rejects all-zero inputs, say),
+`ntk` is traced under `jit` or `vmap`), with every Linear replaced by a recording stand-in. A
+stand-in that receives a concrete array ran at the top level; one that receives a tracer ran
+inside a transformation of the model. (Telling the two apart from tracers alone would need JAX
+internals; on concrete inputs any tracer means a transformation inside the model.) If the probe raises (a model that rejects all-zero inputs, say),
 nothing is recognized and the hybrid kernel is the plain matrix-free one; the reason is reported
 by `explain_method`.
 """
@@ -56,7 +57,7 @@ from ._common import (
 )
 from ._implicit import _jvp_tile, _vjp_tangents
 from ._protocol import num_trainable
-from ._structured import Features, _dtype, _layer_terms
+from ._structured import Features, _layer_terms
 
 REST_MODES = ("jacobian", "implicit")
 
@@ -311,8 +312,12 @@ def _rows_fn(model, plan: HybridPlan, with_rest: bool):
     """`one(xi) -> (Features, rest Jacobian rows or None)` of ONE example (one forward and O
     reverse passes), plus the `(rest, frozen)` partition."""
     rest, frozen = rest_partition(model, plan)
-    dtype = _dtype(model)
-    eps = tuple(jnp.zeros((o,), dtype) for _, o, _ in plan.layout)
+    leaves = jax.tree_util.tree_flatten(model, is_leaf=_is_linear)[0]
+    # One zero perturbation per recognized Linear, in the dtype of its output.
+    eps = tuple(
+        jnp.zeros((info.out_features,), leaves[info.position].weight.dtype)
+        for info in plan.structured
+    )
 
     def fwd(e, r, xi):
         return _tapped_call(eqx.combine(r, frozen), plan, e, xi)
@@ -378,7 +383,16 @@ def ntk_hybrid(
     plan: HybridPlan | None = None,
     rest: str = "auto",
 ) -> Float[Array, "n1 n2 o o"]:
-    """Hybrid NTK (see the module docstring): exact, for any model.
+    """Hybrid NTK (see the module docstring): exact, for any model; `ntk(..., method="hybrid")`.
+
+    Memory: the per-layer features `n·(Σ in_l + O·Σ out_l)` plus, for the other `P_rest`
+    parameters, what the Jacobian (`~2·b·O·P_rest` with blocks of `b` examples) or implicit
+    (`b·O·P_rest` tangents) kernel needs for them, plus the output.
+
+    Example:
+        >>> mlp = eqx.nn.MLP(4, 2, 8, depth=2, key=jax.random.key(0))
+        >>> ntk_hybrid(mlp, jnp.ones((5, 4)), jnp.ones((3, 4)), block_size=2).shape
+        (5, 3, 2, 2)
 
     Args:
         model: maps ONE example to `(O,)` logits.

@@ -13,7 +13,15 @@ from jaxtyping import Array, Float
 
 from . import _cost
 from ._common import MATMUL_PRECISION, check_inputs, out_size, split
-from ._hybrid import HybridPlan, analyze_linears, choose_rest, describe, diagonal_hybrid, ntk_hybrid
+from ._hybrid import (
+    HybridPlan,
+    _example,
+    analyze_linears,
+    choose_rest,
+    describe,
+    diagonal_hybrid,
+    ntk_hybrid,
+)
 from ._implicit import ntk_implicit, ntk_vp_fn
 from ._jacobian import diagonal_jacobian, ntk_jacobian
 from ._protocol import num_trainable, supports_structured
@@ -71,10 +79,6 @@ class _Choice(NamedTuple):
     o: int = 0
     p: int = 0
     flops: float = 0.0
-
-
-def _example(x: Array) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
 
 
 def _auto(model, x1: Array, x2: Array | None) -> _Choice:
