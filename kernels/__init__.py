@@ -6,23 +6,31 @@ normalized by `N·O`. Every function works under `jax.jit`, under `eqx.filter_vm
 pack of members, and with the member axis sharded over a mesh.
 
 NTK:
-    `ntk` (methods `NtkMethod`: jacobian, implicit, structured, auto; `block_size` for bounded
-    memory), `as_matrix`, `resolve_method`.
+    `ntk` (methods `NtkMethod`: jacobian, implicit, structured, hybrid, auto; `block_size` for
+    bounded memory), `as_matrix`, `resolve_method`, `explain_method` (what "auto" picks and why).
 Without forming the NTK:
     `ntk_diagonal`, `ntk_trace` (SPEC §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
 Packs of members:
     `pack_map` (every member of a stacked pack, batched or one at a time: the caller's choice).
 Dense networks (the `StructuredModel` protocol, `supports_structured`):
     `layer_ntks` -> `LayerNTKs` (per-layer NTKs and conjugate kernels).
+Users' own Equinox models (method "hybrid"):
+    the dense-layer identity for every `eqx.nn.Linear` called once per example at the top level of
+    the forward pass, matrix-free for the rest; `analyze_linears` -> `HybridPlan` of `LinearInfo`
+    says which Linears are recognized and why not.
 Matrix-free spectra for large N:
     `slq_entropy` -> `SpectralEstimate` (entropy and effective rank of the cosine-normalized NTK,
     SPEC §3, with standard errors), `cosine_ntk_vp_fn`, `slq`, `lanczos`, `hutchinson_trace`,
     `hutchpp_trace` -> `TraceEstimate`.
 """
 
+from ._hybrid import HybridPlan as HybridPlan
+from ._hybrid import LinearInfo as LinearInfo
+from ._hybrid import analyze_linears as analyze_linears
 from ._implicit import ntk_vp_fn as ntk_vp_fn
 from ._ntk import NtkMethod as NtkMethod
 from ._ntk import as_matrix as as_matrix
+from ._ntk import explain_method as explain_method
 from ._ntk import layer_ntks as layer_ntks
 from ._ntk import ntk as ntk
 from ._ntk import ntk_diagonal as ntk_diagonal

@@ -54,3 +54,28 @@ def implicit_cost(n1: int, n2: int, o: int, p: int, flops: float) -> float:
     """Tangents of x2 (as for the Jacobian) plus one jvp (≈2 forward passes) per tangent and
     example of x1."""
     return n2 * (1 + 2 * o) * flops + n1 * flops + 2.0 * n1 * n2 * o * flops
+
+
+def structured_cost(n1: int, n2: int, o: int, layout, flops: float, symmetric: bool) -> float:
+    """Dense-layer identity over the layers of `layout` (`(in_l, out_l, has_bias)` triples):
+    the signal rows (a forward and O reverse passes per example) plus, per layer, the two Gram
+    products `2·n1·n2·in_l` and `2·n1·n2·O²·out_l` and their elementwise product `n1·n2·O²`."""
+    rows = (n1 if symmetric else n1 + n2) * (1 + 2 * o) * flops
+    grams = sum(2.0 * n1 * n2 * (i + o * o * out) + n1 * n2 * o * o for i, out, _ in layout)
+    return rows + grams
+
+
+def hybrid_costs(
+    n1: int, n2: int, o: int, layout, p_rest: int, flops: float, symmetric: bool
+) -> dict[str, float]:
+    """FLOPs of the hybrid kernel for both ways of handling the `p_rest` parameters outside the
+    structured layers: `"jacobian"` (their Jacobian rows come out of the same reverse passes as
+    the signals, then `2·n1·n2·O²·p_rest`) and `"implicit"` (tangents of x2 from extra reverse
+    passes, then one jvp through the whole forward per tangent and example of x1)."""
+    base = structured_cost(n1, n2, o, layout, flops, symmetric)
+    if p_rest == 0:
+        return {"jacobian": base, "implicit": base}
+    return {
+        "jacobian": base + 2.0 * n1 * n2 * o * o * p_rest,
+        "implicit": base + n2 * (1 + 2 * o) * flops + n1 * flops + 2.0 * n1 * n2 * o * flops,
+    }
