@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-import ntkbench.config
+import ntkbench
 
 NUM_BLOCKS = 2
 TOKEN_HIDDEN = 2  # token-mixing hidden size, in multiples of T
@@ -123,7 +123,7 @@ def model_fn(width: int, key: PRNGKeyArray, *, input_shape: tuple, num_classes: 
 
 def get_config():
     """The `quick` preset on digits with three widths, two seeds and 40 epochs."""
-    c = ntkbench.config.get_config("quick")
+    c = ntkbench.get_config("quick")
     c.name = "mixer"
     c.widths = (16, 32, 64)
     c.depth = (NUM_BLOCKS,)  # labels the results: the number of mixer blocks

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-import ntkbench.config
+import ntkbench
 
 NUM_BLOCKS = 2
 
@@ -186,7 +186,7 @@ def model_fn(width: int, key: PRNGKeyArray, *, input_shape: tuple, num_classes: 
 
 def get_config():
     """The `quick` preset on digits with three widths, two seeds and 40 epochs."""
-    c = ntkbench.config.get_config("quick")
+    c = ntkbench.get_config("quick")
     c.name = "residual_mlp"
     c.widths = (16, 64, 256)
     c.depth = (NUM_BLOCKS,)  # labels the results: the number of residual blocks

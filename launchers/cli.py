@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from absl import flags, logging
 
-from ntkbench._errors import EXIT_BAD_INPUT, NtkbenchError
+from ntkbench._errors import EXIT_BAD_INPUT, Interrupted, NtkbenchError
 from ntkbench.launchers import _commands
 from ntkbench.launchers._config_file import UsageError
 
@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(_commands, f"cmd_{command}")(rest)
     except UsageError as e:
         return _fail(str(e))
+    except Interrupted as e:  # not an error: the run stopped where it was asked to
+        print(f"ntkbench: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
     except NtkbenchError as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         if e.option:

@@ -178,7 +178,7 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
             if stop:
                 ckpt.wait()
                 ctx.status(pack.pack_id, status="interrupted")
-                raise Interrupted(f"Interrupted at epoch {epoch} of pack {pack.pack_id}; the "
+                raise Interrupted(f"interrupted at epoch {epoch} of pack {pack.pack_id}; the "
                                   "checkpoint is written. Rerun the same command to resume.")
         ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
         final, members, snaps = jax.block_until_ready(ctx.program.finish(data, state))

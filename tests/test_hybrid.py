@@ -31,7 +31,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ntkbench import kernels
-from ntkbench.config import from_config_dict
+from ntkbench import from_config_dict
 from ntkbench.kernels import _cost, _hybrid
 from ntkbench.models import CNN, MLP, member
 
@@ -626,10 +626,8 @@ EXPECTED_FIELDS = {
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections' loader
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIELDS))
 def test_example_config_files(name, key):
-    from absl import flags
-    from ml_collections import config_flags
-
-    from ntkbench.datasets import load_dataset
+    from ntkbench._datasets import load_dataset
+    from ntkbench.launchers._config_file import define_config, parse, strip_config
 
     module = _load_example(name)
     c = module.get_config()
@@ -639,13 +637,15 @@ def test_example_config_files(name, key):
     assert c.dataset == "digits" and c.name == name
     config = from_config_dict(c)  # a valid sweep
     assert config.widths == EXPECTED_FIELDS[name]["widths"]
-    # As the CLI loads it: `--config=FILE` plus overrides.
-    fv = flags.FlagValues()
+    # As the CLI loads it: `--config=FILE` plus overrides; the file's model_fn makes the
+    # sweep's model "custom", identified by the file's digest.
     path = str(EXAMPLES / f"{name}.py")
     argv = ["ntkbench", f"--config={path}", "--config.epochs=7"]
-    config_flags.DEFINE_config_file("config", path, flag_values=fv, sys_argv=argv)
-    fv(argv)
+    found = {}
+    fv = parse(strip_config(argv), lambda fv: found.update(model_fn=define_config(fv, argv)))
     assert fv.config.epochs == 7 and tuple(fv.config.widths) == EXPECTED_FIELDS[name]["widths"]
+    assert callable(found["model_fn"]) and fv.config.model == "custom"
+    assert from_config_dict(fv.config).model_digest
     # The model contract: ONE example (flattened, as training passes it, or as an image) in,
     # `(num_classes,)` logits out.
     data = load_dataset("digits")

@@ -315,7 +315,7 @@ class Reference:
         self._ds = None
 
     def results(self, deadline):
-        from ntkbench import results
+        import ntkbench as results
 
         if self._ds is None:
             try:
@@ -387,7 +387,7 @@ def _checkpoints(workdir):
 
 
 def test_preempted_job_requeues_resumes_and_matches_one_process(cluster, reference, deadline):
-    from ntkbench import results
+    import ntkbench as results
 
     w = cluster.root / "job"
     env = {"CONFIG": "smoke", "WORKDIR": w, "NTKBENCH_BIN": NTKBENCH, "JAX_PLATFORMS": "cpu",
@@ -430,7 +430,7 @@ def test_preempted_job_requeues_resumes_and_matches_one_process(cluster, referen
 
 
 def test_array_shares_merge_to_one_process(cluster, reference, deadline):
-    from ntkbench import results
+    import ntkbench as results
 
     want = reference.results(deadline)  # first: the shares then find its compiled programs
     w = cluster.root / "array"
