@@ -7,6 +7,8 @@ the command line (a notebook user sees the same text). The command line prints
 
 from __future__ import annotations
 
+import contextlib
+
 #: Exit statuses (sysexits.h where one fits). `INTERRUPTED` and `HUNG` leave the run resumable.
 EXIT_DONE = 0
 EXIT_BAD_INPUT = 2
@@ -74,6 +76,38 @@ class Hung(NtkbenchError):
     checkpoint."""
 
     exit_status = EXIT_HUNG
+
+
+_STORAGE_ERRNOS = {28, 30, 13, 1, 20, 122}  # ENOSPC, EROFS, EACCES, EPERM, ENOTDIR, EDQUOT
+_STORAGE_TEXT = ("No space left", "Read-only file system", "Permission denied",
+                 "Disk quota exceeded")
+
+
+def _storage_cause(error: BaseException) -> BaseException | None:
+    """The OS-level storage failure behind `error` (itself or a chained cause), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) in _STORAGE_ERRNOS or any(
+                t in str(error) for t in _STORAGE_TEXT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_guard(path: str):
+    """Turn a storage failure raised inside (by us, Orbax or Tensorstore, possibly wrapped in
+    another exception) into a one-line `StorageError` about `path`."""
+    try:
+        yield
+    except NtkbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a storage failure
+        cause = _storage_cause(e)
+        if cause is None:
+            raise
+        raise storage_error(path, cause) from None
 
 
 def storage_error(path: str, error: BaseException) -> StorageError:

@@ -86,7 +86,8 @@ class ModelFamily:
     @functools.lru_cache(maxsize=None)  # noqa: B019 (families live as long as a sweep)
     def num_params(self, width: int, depth: int) -> int:
         """Trainable parameters of one member."""
-        leaves = jax.tree.leaves(eqx.filter(self._shape(width, depth), eqx.is_inexact_array))
+        leaves = [leaf for leaf in jax.tree.leaves(self._shape(width, depth))
+                  if jnp.issubdtype(getattr(leaf, "dtype", jnp.int32), jnp.inexact)]
         return int(sum(math.prod(leaf.shape) for leaf in leaves))
 
     @functools.lru_cache(maxsize=None)  # noqa: B019

@@ -15,7 +15,7 @@ import time
 from ntkbench._config import SweepConfig, from_config_dict
 from ntkbench._data import Dataset
 from ntkbench._datasets import check_data, load_dataset
-from ntkbench._errors import ConfigError
+from ntkbench._errors import ConfigError, storage_guard
 from ntkbench._family import ModelFamily
 from ntkbench._pack import SweepData
 from ntkbench._placement import Placement
@@ -135,7 +135,7 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
     lock = wd.lock(shard) if runtime.primary else contextlib.nullcontext()
     if runtime.primary:
         wd.check_writable()
-    with lock:
+    with storage_guard(wd.path), lock:
         if runtime.primary:
             manifest = _manifest(config, plan, num_old, previous, fingerprint,
                                  runtime.num_devices)

@@ -93,15 +93,19 @@ class Workdir:
 
     def read_status(self, pack_id: int) -> dict:
         """A pack's status; a missing or unreadable file means "not started" (the pack then
-        retrains, and its stored records are checked bit for bit as it rewrites them)."""
+        retrains, and its stored records are checked bit for bit as it rewrites them). An
+        unreadable one is marked `"unreadable": True`."""
         path = self.status_path(pack_id)
+        if not os.path.exists(path):
+            return {"status": "pending", "epochs_done": 0}
         try:
             return read_json(path, "The pack status")
-        except (IntegrityError, FileNotFoundError, OSError):
-            return {"status": "pending", "epochs_done": 0}
+        except (IntegrityError, OSError):
+            return {"status": "pending", "epochs_done": 0, "unreadable": True}
 
     def write_status(self, pack_id: int, **fields) -> None:
         st = self.read_status(pack_id)
+        st.pop("unreadable", None)
         st.update(fields, updated=time.time())
         os.makedirs(os.path.dirname(self.status_path(pack_id)), exist_ok=True)
         atomic_json(self.status_path(pack_id), st)
