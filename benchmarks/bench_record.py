@@ -41,7 +41,7 @@ from ntkbench.observables import cosine_normalize, spectral_record
 
 
 def _mlp_ntk(model: MLP, x: jax.Array) -> jax.Array:
-    """Matrix-form NTK `(N·O, N·O)` by the dense-layer identity (SPEC.md §1), HIGHEST precision."""
+    """Matrix-form NTK `(N·O, N·O)` by the dense-layer identity (docs/definitions.md §1), HIGHEST precision."""
     dot = lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
     def one(xi):

@@ -1,6 +1,6 @@
 """Empirical NTK kernels (installed as `ntkbench.kernels`; depends on nothing else of ntkbench).
 
-Conventions (SPEC.md §1-3): a model maps ONE example to `O` logits; the NTK has the rank-4 shape
+Conventions (docs/definitions.md §1-3): a model maps ONE example to `O` logits; the NTK has the rank-4 shape
 `(n1, n2, O, O)` and the matrix form `(n1·O, n2·O)` with row index `i·O + a`; the trace is
 normalized by `N·O`. Every function works under `jax.jit`, under `eqx.filter_vmap` over a stacked
 pack of members, and with the member axis sharded over a mesh.
@@ -9,7 +9,7 @@ NTK:
     `ntk` (methods `NtkMethod`: jacobian, implicit, structured, hybrid, auto; `block_size` for
     bounded memory), `as_matrix`, `resolve_method`, `explain_method` (what "auto" picks and why).
 Without forming the NTK:
-    `ntk_diagonal`, `ntk_trace` (SPEC §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
+    `ntk_diagonal`, `ntk_trace` (docs/definitions.md §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
 Packs of members:
     `pack_map` (every member of a stacked pack, batched or one at a time: the caller's choice).
 Dense networks (the `StructuredModel` protocol, `supports_structured`):
@@ -20,7 +20,7 @@ Users' own Equinox models (method "hybrid"):
     says which Linears are recognized and why not.
 Matrix-free spectra for large N:
     `slq_entropy` -> `SpectralEstimate` (entropy and effective rank of the cosine-normalized NTK,
-    SPEC §3, with standard errors), `cosine_ntk_vp_fn`, `slq`, `lanczos`, `hutchinson_trace`,
+    docs/definitions.md §3, with standard errors), `cosine_ntk_vp_fn`, `slq`, `lanczos`, `hutchinson_trace`,
     `hutchpp_trace` -> `TraceEstimate`.
 """
 

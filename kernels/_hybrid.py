@@ -1,7 +1,7 @@
 """Hybrid NTK of users' own Equinox models: the dense-layer identity wherever it applies.
 
 The NTK is a sum over parameter groups, `Θ = Σ_l Θ_l + Θ_rest`. Every `equinox.nn.Linear`
-`u = W h + b` that the model *provably* uses as a plain dense layer contributes (SPEC.md §1)
+`u = W h + b` that the model *provably* uses as a plain dense layer contributes (docs/definitions.md §1)
 
     Θ_l[(i,a),(j,b)] = (<h_i, h_j> + [has_bias]) · <δ_ia, δ_jb>,   δ = ∂f/∂u,
 

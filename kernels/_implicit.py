@@ -1,4 +1,4 @@
-"""Implicit NTK: NTK-vector products `Θ·e = J(x1) (J(x2)ᵀ e)`, a jvp of a vjp (SPEC.md §1).
+"""Implicit NTK: NTK-vector products `Θ·e = J(x1) (J(x2)ᵀ e)`, a jvp of a vjp (docs/definitions.md §1).
 
 The Jacobian `J(x1)` is never formed. For a basis vector `e_(j,b)` of the output space of `x2`,
 `J(x2)ᵀ e_(j,b)` involves example `j` only, so it is the vjp of `f(·, x_j)` with cotangent

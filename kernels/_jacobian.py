@@ -1,4 +1,4 @@
-"""Jacobian-contraction NTK: `J(x1) J(x2)ᵀ` from per-example `jax.jacrev` (SPEC.md §1)."""
+"""Jacobian-contraction NTK: `J(x1) J(x2)ᵀ` from per-example `jax.jacrev` (docs/definitions.md §1)."""
 
 from __future__ import annotations
 

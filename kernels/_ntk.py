@@ -35,7 +35,7 @@ class NtkMethod(enum.Enum):
     - `IMPLICIT`: NTK-vector products (jvp of vjp over blocks of basis vectors); the Jacobian of
       `x1` is never formed. Fewer FLOPs than `JACOBIAN` when a forward pass is cheap relative to
       `O·P` (dense nets), more for weight-sharing layers (convolutions).
-    - `STRUCTURED`: the dense-layer identity of SPEC.md §1 (`StructuredModel` protocol only);
+    - `STRUCTURED`: the dense-layer identity of docs/definitions.md §1 (`StructuredModel` protocol only);
       orders of magnitude faster for MLPs.
     - `HYBRID`: any model. The dense-layer identity for every `eqx.nn.Linear` the model calls
       once per example at the top level of its forward pass (see `ntkbench.kernels._hybrid`),
@@ -239,7 +239,7 @@ def ntk(
     method: str | NtkMethod = "auto",
     block_size: int | None = None,
 ) -> Float[Array, "n1 n2 o o"]:
-    """Empirical NTK `Θ[i, j, a, b] = <∂f_a(x1_i)/∂θ, ∂f_b(x2_j)/∂θ>` (SPEC.md §1).
+    """Empirical NTK `Θ[i, j, a, b] = <∂f_a(x1_i)/∂θ, ∂f_b(x2_j)/∂θ>` (docs/definitions.md §1).
 
     `θ` are the model's inexact-array leaves (integer/boolean arrays such as padding masks are
     not parameters). Works under `jax.jit` and over a stacked pack of members with
@@ -276,7 +276,7 @@ def ntk(
 
 
 def as_matrix(k: Float[Array, "n1 n2 o1 o2"]) -> Float[Array, "n1*o1 n2*o2"]:
-    """The `(n1·O, n2·O)` matrix form of a rank-4 NTK, row index `i·O + a` (SPEC.md §1).
+    """The `(n1·O, n2·O)` matrix form of a rank-4 NTK, row index `i·O + a` (docs/definitions.md §1).
 
     Example:
         >>> as_matrix(jnp.zeros((3, 4, 2, 2))).shape
@@ -345,7 +345,7 @@ def ntk_trace(
     method: str | NtkMethod = "auto",
     block_size: int | None = None,
 ) -> Float[Array, ""]:
-    """Normalized NTK trace `T = tr(Θ) / (N·O)`, the mean squared gradient norm (SPEC.md §2).
+    """Normalized NTK trace `T = tr(Θ) / (N·O)`, the mean squared gradient norm (docs/definitions.md §2).
 
     Computed from `ntk_diagonal` without forming the NTK. Multiply by `N·O` for the plain sum.
 
@@ -400,7 +400,7 @@ def layer_ntks(
 ) -> LayerNTKs:
     """Per-dense-layer NTK contributions and conjugate kernels (structured models only).
 
-    `Θ_l[i, j, a, b] = (<h_il, h_jl> + [has_bias]) <δ_ial, δ_jbl>` (SPEC.md §1); the `Θ_l` sum to
+    `Θ_l[i, j, a, b] = (<h_il, h_jl> + [has_bias]) <δ_ial, δ_jbl>` (docs/definitions.md §1); the `Θ_l` sum to
     `ntk(model, x1, x2)`. The conjugate kernel of layer `l` is `H_l H_lᵀ`, the Gram of its inputs
     (layer 0: the raw inputs).
 

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float
 class StructuredModel(Protocol):
     """A model whose trainable parameters are all dense layers `u_l = W_l h_l + b_l`.
 
-    The structured NTK (SPEC.md §1) needs, for every example, the input `h_l` of each dense layer
+    The structured NTK (docs/definitions.md §1) needs, for every example, the input `h_l` of each dense layer
     and the backprop signal `δ_l = ∂logits/∂u_l`. A model exposes both through two methods; it
     is duck-typed (`isinstance(model, StructuredModel)` only checks that the methods exist).
 

@@ -1,4 +1,4 @@
-"""Structured NTK of dense networks (SPEC.md §1): conjugate kernel ⊙ backprop-signal Gram.
+"""Structured NTK of dense networks (docs/definitions.md §1): conjugate kernel ⊙ backprop-signal Gram.
 
 For a dense layer `u = W h + b`, `∂f_a(x_i)/∂W = δ_ia h_iᵀ` and `∂f_a(x_i)/∂b = δ_ia`, so
 

@@ -16,7 +16,7 @@ def draw_indices(
 ) -> Int[Array, " n"]:
     """`n` distinct training indices drawn uniformly at random, without replacement.
 
-    One draw of the training data (SPEC.md §10 data scaling): every size-`n` subset is equally
+    One draw of the training data (docs/definitions.md §10 data scaling): every size-`n` subset is equally
     likely, classes are not balanced. Jittable (`n` static) and vmappable over `key`.
 
     Args:
@@ -74,7 +74,7 @@ def noisy_replacement(
     fraction: float | Float[ArrayLike, ""],
     num_classes: int,
 ) -> tuple[Int[Array, " n"], Bool[Array, " n"]]:
-    """Which samples to replace by noisy copies of other samples of their class (SPEC.md §10).
+    """Which samples to replace by noisy copies of other samples of their class (docs/definitions.md §10).
 
     In class `c` with `n_c` samples, `k_c = min(round(fraction * n_c), n_c - 1)` samples, chosen
     uniformly at random, are replaced (`round` halves to even; the cap keeps one clean source in
@@ -142,7 +142,7 @@ def apply_noisy_replacement(
     num_classes: int,
     std: float = 0.01,
 ) -> Float[Array, "n *shape"]:
-    """Replace a `fraction` of each class by noisy copies of its other samples (SPEC.md §10).
+    """Replace a `fraction` of each class by noisy copies of its other samples (docs/definitions.md §10).
 
     `key` splits into `(k_replace, k_noise)`; the replacement is
     `noisy_replacement(k_replace, labels, fraction, num_classes)` (call it with that key to get

@@ -1,12 +1,12 @@
 """Profile the NTK kernels on the paper's MLP: time, throughput, FLOP rate and memory.
 
 `run_profile` builds the paper's dense net (784 inputs, `depth` hidden ReLU layers, 10 logits;
-SPEC.md §9-10) at each width and times, on `n` random inputs:
+docs/definitions.md §9-10) at each width and times, on `n` random inputs:
 
 - every NTK method of `ntkbench.kernels` (jit warm-up excluded, median of `repeats`,
   `block_until_ready`), with the FLOPs of XLA's cost analysis of the compiled program, the
   achieved GFLOP/s, XLA's memory estimate of the program, and the speedup over `jacobian`;
-- `ntk_trace` (SPEC.md §2 trace without the NTK) against the full structured NTK;
+- `ntk_trace` (docs/definitions.md §2 trace without the NTK) against the full structured NTK;
 - a pack of `pack_size` members, one vmapped call against `pack_size` single calls;
 - a large float32 matmul at full precision, the machine's reference rate (`peak`), timed in
   the same run (at the start and after every width; the fastest counts) so that `%peak`
@@ -288,7 +288,7 @@ def run_profile(
                 row["speedup"] = ref["time_s"] / row["time_s"]
             rows.append(row)
 
-        # The SPEC §2 trace from the diagonal, against the full structured NTK.
+        # The docs/definitions.md §2 trace from the diagonal, against the full structured NTK.
         def trace(p, xb, static=static):
             return kernels.ntk_trace(eqx.combine(p, static), xb)
 

@@ -1,4 +1,4 @@
-"""Figures and a markdown report of a sweep: the paper's Figs. 1-4 and 8 (SPEC.md §11).
+"""Figures and a markdown report of a sweep: the paper's Figs. 1-4 and 8 (docs/definitions.md §11).
 
 Every figure shows the mean over replicates (seeds, data draws) with a band of ±1 standard
 deviation (diverged members left out); on logarithmic axes the band's lower edge is clipped at

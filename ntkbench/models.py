@@ -1,4 +1,4 @@
-"""Equinox models that map ONE example to `O` logits (SPEC.md §9).
+"""Equinox models that map ONE example to `O` logits (docs/definitions.md §9).
 
 Batching is the caller's `jax.vmap`; ensembles are `eqx.filter_vmap` over stacked members.
 

@@ -1,8 +1,8 @@
-"""NTK observables of SPEC.md §2-8: trace, cosine normalization, entropy, effective rank, trace
+"""NTK observables of docs/definitions.md §2-8: trace, cosine normalization, entropy, effective rank, trace
 ratio, adaptation rate, label alignment and eigenvector misalignment.
 
 Every function is pure `jax.numpy`, jittable and vmappable over a leading member axis. A matrix
-argument is the NTK in matrix form `(M, M)`, `M = N·O`, row index `i·O + a` (SPEC.md §1), unless
+argument is the NTK in matrix form `(M, M)`, `M = N·O`, row index `i·O + a` (docs/definitions.md §1), unless
 its name says otherwise (`K4` is the rank-4 form `(N, N, O, O)`).
 
 Precision. The training program runs in float32 and the eigendecomposition runs in the dtype of
@@ -28,7 +28,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array, ArrayLike, Float
 
 EIGENVALUE_FLOOR = 1e-14
-"""Absolute floor below which eigenvalues of the cosine-normalized NTK are clipped (SPEC.md §3)."""
+"""Absolute floor below which eigenvalues of the cosine-normalized NTK are clipped (docs/definitions.md §3)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: these contractions feed small differences
 
@@ -45,7 +45,7 @@ def _check_square(K: Array, name: str = "K") -> None:
 def ntk_trace(K: Float[Array, "m m"]) -> Float[Array, ""]:
     r"""Normalized trace `T = tr(Θ) / M`, the mean squared gradient norm per (sample, logit).
 
-    SPEC.md §2: this is the authors' `NTKTrace(normalize=True)`; the plain sum is `M·T`.
+    docs/definitions.md §2: this is the authors' `NTKTrace(normalize=True)`; the plain sum is `M·T`.
 
     Args:
         K: NTK in matrix form `(M, M)`.
@@ -62,7 +62,7 @@ def ntk_trace(K: Float[Array, "m m"]) -> Float[Array, ""]:
 
 
 def cosine_normalize(K: Float[Array, "m m"]) -> Float[Array, "m m"]:
-    r"""Cosine-normalized NTK `Θ̃ = D^{-1/2} Θ D^{-1/2}`, `D = diag(Θ)` (SPEC.md §3).
+    r"""Cosine-normalized NTK `Θ̃ = D^{-1/2} Θ D^{-1/2}`, `D = diag(Θ)` (docs/definitions.md §3).
 
     `Θ̃[i, j] = Θ[i, j] / sqrt(Θ[i, i] Θ[j, j])`, the NTK of unit-length gradients; entries with
     `Θ[i, i]·Θ[j, j] = 0` (a zero gradient) are set to 0.
@@ -125,7 +125,7 @@ def _cosine_eigh(K: Array, implementation=None) -> tuple[Array, Array]:
 
 
 def entropy(K: Float[Array, "m m"]) -> Float[Array, ""]:
-    r"""Spectral entropy `H = −Σ_k p_k ln p_k` of the cosine-normalized NTK (SPEC.md §3).
+    r"""Spectral entropy `H = −Σ_k p_k ln p_k` of the cosine-normalized NTK (docs/definitions.md §3).
 
     `λ_k` are the eigenvalues of `Θ̃ = cosine_normalize(K)`, clipped below at `1e-14`, and
     `p_k = λ_k / Σ λ`; natural logarithm. `0 ≤ H ≤ ln M`.
@@ -145,7 +145,7 @@ def entropy(K: Float[Array, "m m"]) -> Float[Array, ""]:
 
 
 def effective_rank(K: Float[Array, "m m"]) -> Float[Array, ""]:
-    r"""Roy-Vetterli effective rank `erank = exp(H)` of the cosine-normalized NTK (SPEC.md §3).
+    r"""Roy-Vetterli effective rank `erank = exp(H)` of the cosine-normalized NTK (docs/definitions.md §3).
 
     `H` is `entropy(K)`; `1 ≤ erank ≤ M`. Not the participation ratio `tr(Θ)² / ‖Θ‖_F²`.
 
@@ -166,7 +166,7 @@ def effective_rank(K: Float[Array, "m m"]) -> Float[Array, ""]:
 
 
 def trace_ratio(T0: Float[ArrayLike, "*b"], T_star: Float[ArrayLike, "*b"]) -> Float[Array, "*b"]:
-    r"""Trace ratio `r = (T* − T0) / T0` (paper Eq. 5, SPEC.md §6), elementwise.
+    r"""Trace ratio `r = (T* − T0) / T0` (paper Eq. 5, docs/definitions.md §6), elementwise.
 
     Args:
         T0: trace at initialization, any shape.
@@ -186,7 +186,7 @@ def trace_ratio(T0: Float[ArrayLike, "*b"], T_star: Float[ArrayLike, "*b"]) -> F
 def adaptation_rate(
     trace: Float[ArrayLike, " k"], train_loss: Float[ArrayLike, " k"], window: int = 20
 ) -> Float[Array, " k"]:
-    r"""Trace adaptation rate `α = −dT̄ / dℓ̄` along the records (paper Eq. 4, SPEC.md §7).
+    r"""Trace adaptation rate `α = −dT̄ / dℓ̄` along the records (paper Eq. 4, docs/definitions.md §7).
 
     `T̄` and `ℓ̄` are running means of `T` and of `ℓ = ln L_train` over `window` consecutive
     records, each placed at the centre of its window, `c_j = j + (window − 1)/2`. The derivative
@@ -198,7 +198,7 @@ def adaptation_rate(
     - odd `window` (integer centres): `Δ` is the difference of the running means centred at `k ± 1`.
 
     A trace exactly linear in `ln L`, `T = a − α ln L`, gives `α` exactly. `α_k` needs the whole
-    window: it is NaN for the first and last `⌈window/2⌉` records (the "half-windows" of SPEC.md
+    window: it is NaN for the first and last `⌈window/2⌉` records (the "half-windows" of docs/definitions.md
     §7, where it is not extrapolated), and wherever an input in its window is NaN. The records are
     assumed equally spaced: with the NTK recorded every `s` epochs, pass the recorded epochs only
     and `window = 20 / s` (see `ntkbench.analysis.summarize`).
@@ -248,7 +248,7 @@ def adaptation_rate(
 
 
 def label_alignment(K: Float[Array, "m m"], y_onehot: Float[ArrayLike, "n o"]) -> Float[Array, ""]:
-    r"""Label alignment `A = <Θ, L>_F / (‖Θ‖_F ‖L‖_F)`, `L = y yᵀ` (paper Eq. 16, SPEC.md §8).
+    r"""Label alignment `A = <Θ, L>_F / (‖Θ‖_F ‖L‖_F)`, `L = y yᵀ` (paper Eq. 16, docs/definitions.md §8).
 
     `y` is the one-hot label matrix flattened in the NTK's `i·O + a` order (uncentered), so
     `A = yᵀ Θ y / (‖Θ‖_F ‖y‖²)`. Uses the raw (not cosine-normalized) NTK.
@@ -279,7 +279,7 @@ def label_alignment(K: Float[Array, "m m"], y_onehot: Float[ArrayLike, "n o"]) -
 def label_alignment_traced(
     K4: Float[Array, "n n o o"], y_onehot: Float[ArrayLike, "n o"]
 ) -> Float[Array, ""]:
-    r"""Output-traced label alignment `<Θ_tr, Y Yᵀ>_F / (‖Θ_tr‖_F ‖Y Yᵀ‖_F)` (SPEC.md §8).
+    r"""Output-traced label alignment `<Θ_tr, Y Yᵀ>_F / (‖Θ_tr‖_F ‖Y Yᵀ‖_F)` (docs/definitions.md §8).
 
     `Θ_tr[i, j] = Σ_a Θ[(i, a), (j, a)]` (`N × N`) against the `N × N` label kernel `Y Yᵀ`: the
     classic kernel-target alignment. Differs from `label_alignment`, which aligns the full
@@ -339,7 +339,7 @@ def _subspace_size(erank: Array, m: int) -> Array:
 def eigvec_misalignment(
     K_before: Float[Array, "m m"], K_after: Float[Array, "m m"], n: int | Array | None = None
 ) -> Float[Array, ""]:
-    r"""Top-`n` eigenvector misalignment `m = 1 − ‖U_nᵀ U'_n‖_F² / n` (paper Eq. 17, SPEC.md §8).
+    r"""Top-`n` eigenvector misalignment `m = 1 − ‖U_nᵀ U'_n‖_F² / n` (paper Eq. 17, docs/definitions.md §8).
 
     `U_n`, `U'_n` are the `(M, n)` top-`n` eigenvectors of the cosine-normalized NTKs before and
     after; `n = round(erank(K_before))` by default. `m ∈ [0, 1]`: 0 when the two top-`n`

@@ -397,7 +397,7 @@ def test_draw_indices_too_many(key):
 
 
 # ------------------------------------------------------------------------------------------
-# Noisy replacement (SPEC.md §10 noise scaling).
+# Noisy replacement (docs/definitions.md §10 noise scaling).
 
 LABELS = np.array([0] * 20 + [1] * 7 + [2] * 3 + [3] * 1 + [4] * 9, np.int32)
 NUM_CLASSES = 6  # class 5 is empty

@@ -109,7 +109,7 @@ def _to64(tree):
 
 
 def naive_ntk(model, x1, x2=None):
-    """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition, SPEC.md §1)."""
+    """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition, docs/definitions.md §1)."""
     x2 = x1 if x2 is None else x2
     params, static = eqx.partition(model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(params)

@@ -70,7 +70,7 @@ def test_masks_and_width_are_not_trainable():
 
 
 def test_lecun_normal_statistics():
-    """SPEC.md §9: truncated normal on [-2, 2] std units, std sqrt(1/fan_in) after truncation."""
+    """docs/definitions.md §9: truncated normal on [-2, 2] std units, std sqrt(1/fan_in) after truncation."""
     model = MLP(400, 10, 600, 1, key=jax.random.key(0))
     w = np.asarray(model.weights[0])
     assert abs(w.std() * np.sqrt(400) - 1) < 0.01  # 240k samples: sampling error ~0.15%

@@ -1,4 +1,4 @@
-"""Known answers and naive float64 references for `ntkbench.observables` (SPEC.md §2-8)."""
+"""Known answers and naive float64 references for `ntkbench.observables` (docs/definitions.md §2-8)."""
 
 import jax
 import jax.numpy as jnp

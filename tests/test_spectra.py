@@ -24,7 +24,7 @@ jit = functools.partial(jax.jit, **FAST_COMPILE)
 
 
 def exact_entropy(k4) -> tuple[float, float]:
-    """SPEC.md §3 in float64: cosine normalization, eigh, floor 1e-14, entropy, exp."""
+    """docs/definitions.md §3 in float64: cosine normalization, eigh, floor 1e-14, entropy, exp."""
     k = np.asarray(kernels.as_matrix(jnp.asarray(k4)), np.float64)
     d = np.diag(k)
     ok = d > 0

@@ -1,4 +1,4 @@
-"""Pack training: recording convention (SPEC.md §4), divergence isolation, optimizers, losses."""
+"""Pack training: recording convention (docs/definitions.md §4), divergence isolation, optimizers, losses."""
 
 import equinox as eqx
 import jax
