@@ -135,3 +135,27 @@ def test_ntk_quantities_average_over_test_draws():
     np.testing.assert_allclose(carry.erank, eranks, rtol=1e-5)
     # The initial NTK of each draw is a per-member constant of the record (never carried).
     np.testing.assert_allclose(one.ntk0[0], kernels.as_matrix(kernels.ntk(model, x[:6])), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_exact_k_star_does_not_depend_on_the_ntk_interval(tmp_path):
+    """k* is the argmin over all epochs of the test loss, and T*, erank* are measured at the
+    state of k* itself: with an NTK every 5 epochs they equal those of an NTK every epoch."""
+    base = {**ntkbench.get_config("smoke").to_dict(), "epochs": 40, "chunk_epochs": 40,
+            "widths": (4, 16), "lr": 0.01, "n_train": (16,)}
+    quiet = ntkbench.Hooks(log=lambda s: None)
+    out = {}
+    for every in (1, 5):
+        w = str(tmp_path / f"s{every}")
+        ntkbench.run(ntkbench.from_config_dict({**base, "ntk_every": every}), w, hooks=quiet)
+        out[every] = ntkbench.load(w)
+    a, b = out[1], out[5]
+    np.testing.assert_array_equal(a["k_star"].values, b["k_star"].values)
+    k = a["k_star"].values
+    assert np.any(k % 5 != 0) and np.all((k > 0) & (k < 40))  # off the grid, inside the run
+    for name in ("T_star", "erank_star", "kernel_distance_star"):
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)
+    # ... and with an NTK every epoch, T* is the recorded trace at k*.
+    traced = a["ntk_trace"].sel(epoch=a["k_star"].astype(int))
+    np.testing.assert_allclose(a["T_star"].values, traced.values, rtol=1e-5)
+    assert b.attrs["k_star_source"] == "exact"

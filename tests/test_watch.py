@@ -1,0 +1,121 @@
+"""No silent hang: the watchdog and the second signal (`ntkbench.launchers._watch`).
+
+The end-to-end tests reproduce the real deadlock this project hit: NTK records of several
+members per device run *batched* (`--sequential_members=false`) on more fake CPU devices than
+XLA's CPU thread pool has threads, so jaxlib's batched LAPACK eigh blocks every pool thread
+(docs/scaling.md). Where a machine does not deadlock (more cores than devices), they skip.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ntkbench.launchers._watch import StopFlag, Watchdog
+
+HUNG, INTERRUPTED = 70, 75
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _watchdog(**kw):
+    clock, left = _Clock(), []
+    dog = Watchdog(clock=clock, leave=lambda msg, status: left.append((msg, status)), **kw)
+    dog._thread = object()  # no background thread: the test calls check() itself
+    return dog, clock, left
+
+
+def test_first_chunk_gets_the_compile_bound_later_ones_a_multiple_of_the_slowest():
+    dog, clock, left = _watchdog(first_seconds=100, factor=10, min_seconds=5)
+    dog.heartbeat(3, 0, "start")
+    clock.t = 99
+    dog.check()
+    assert not left
+    clock.t = 101
+    dog.check()
+    (msg, status), = left
+    assert status == HUNG and "chunk 0 of pack 3" in msg and "no progress for 101s" in msg
+    assert "had not finished a chunk yet" in msg
+    dog, clock, left = _watchdog(first_seconds=100, factor=10, min_seconds=5)
+    dog.heartbeat(3, 0, "start")
+    clock.t = 2.0
+    dog.heartbeat(3, 0, "end")  # the slowest chunk so far took 2 s: the bound is 20 s
+    assert dog.bound(3) == 20 and dog.bound(4) == 100
+    dog.heartbeat(3, 1, "start")
+    clock.t = 21.0
+    dog.check()
+    assert not left
+    clock.t = 22.5
+    dog.check()
+    assert left and "chunk 1 of pack 3" in left[0][0] and "at most 2.0s" in left[0][0]
+    dog.heartbeat(3, 1, "end")  # nothing runs: nothing to watch
+    clock.t = 1e6
+    left.clear()
+    dog.check()
+    assert not left
+
+
+def test_second_signal_leaves_at_once_with_status_75():
+    left = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        flag = StopFlag(leave=lambda msg, status: left.append((msg, status)))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag() and not left
+        os.kill(os.getpid(), signal.SIGINT)
+        assert left and left[0][1] == INTERRUPTED and "leaving now" in left[0][0]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _hanging_run(tmp_path, *extra):
+    devices = max(4, os.cpu_count() or 1)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-m", "ntkbench.launchers.cli", "run", "--config=quick",
+           "--config.widths=(8,)", f"--config.num_seeds={2 * devices}", "--config.epochs=20",
+           f"--num_cpu_devices={devices}", "--sequential_members=false", "--progress=log",
+           "--compilation_cache=none", f"--workdir={tmp_path / 'w'}", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+
+@pytest.mark.slow
+def test_a_hung_chunk_ends_the_run_with_status_70(tmp_path):
+    proc = _hanging_run(tmp_path, "--watchdog_seconds=40")
+    try:
+        out, _ = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the watchdog did not end the hung run")
+    if proc.returncode == 0:
+        pytest.skip("this machine did not reproduce the batched-eigh deadlock")
+    assert proc.returncode == HUNG, out[-2000:]
+    line = [ln for ln in out.splitlines() if ln.startswith("ntkbench: error:")]
+    assert line and "chunk 0 of pack 0" in line[0] and "hung" in line[0], out[-2000:]
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_ends_a_hung_run_at_once(tmp_path):
+    proc = _hanging_run(tmp_path, "--watchdog_seconds=0")
+    time.sleep(45)  # compiled and hung in the first chunk (or finished, on a bigger machine)
+    if proc.poll() is not None:
+        pytest.skip("this machine did not reproduce the batched-eigh deadlock")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(3)
+    assert proc.poll() is None  # the first signal waits for a chunk boundary that never comes
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == INTERRUPTED and time.time() - t0 < 10, out[-2000:]
+    assert "leaving now" in out
