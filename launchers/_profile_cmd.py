@@ -50,7 +50,7 @@ def profile(argv: list[str]) -> int:
         print(f"backend {jax.default_backend()}, {len(devices)} devices; {what}")
         print(format_device_table(rows))
         return 0
-    from ntkbench import profiling
+    from ntkbench import _profiling as profiling
 
     if fv.config:
         from ntkbench.launchers._config_file import preset_or_file

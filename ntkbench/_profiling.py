@@ -443,3 +443,41 @@ def format_table(rows: Sequence[dict]) -> str:
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def profile_model(model_fn, config, *, n: int = 128, repeats: int = 3, key: PRNGKeyArray,
+                  methods: Sequence[str] = ("jacobian", "implicit", "hybrid", "auto")) -> str:
+    """Which NTK method `auto` picks for a user's model and why, and what each method costs.
+
+    For every width of `config` (a `SweepConfig` or `ConfigDict` whose file defines
+    `model_fn`, docs/models.md), one member is built on `config.dataset`'s input shape and the
+    NTK of `n` test samples is timed with every method (median of `repeats`, compile
+    excluded). Methods the model does not support are reported as such.
+
+    Returns:
+        A printable report: `explain_method`'s paragraph per width, then a table.
+    """
+    from ntkbench._config import SweepConfig, from_config_dict
+    from ntkbench._datasets import load_dataset
+
+    cfg = config if isinstance(config, SweepConfig) else from_config_dict(config)
+    data = load_dataset(cfg.dataset, cfg.data_dir or None)
+    x = jnp.asarray(data.x_test[:n].reshape(min(n, len(data.y_test)), -1))
+    lines, rows = [], []
+    for width in cfg.widths:
+        model = model_fn(width, jax.random.fold_in(key, width), input_shape=data.input_shape,
+                         num_classes=data.num_classes)
+        lines.append(f"width {width}: {kernels.explain_method(model, x)}")
+        params, static = eqx.partition(model, eqx.is_array)
+        for method in methods:
+
+            def full(p, xb, method=method, static=static):
+                return kernels.ntk(eqx.combine(p, static), xb, method=method)
+
+            try:
+                row = _measure(width, method, full, (params, x), repeats,
+                               default_memory_limit())
+            except (ValueError, TypeError) as e:  # e.g. "structured" on a non-protocol model
+                row = _row(width, method, "unsupported", note=str(e).splitlines()[0][:60])
+            rows.append(row)
+    return "\n".join(lines) + "\n\n" + format_table(rows)
