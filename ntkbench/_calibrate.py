@@ -196,16 +196,27 @@ def propose(points: Sequence[KStar], window: tuple[float, float]) -> tuple[float
     if len(fast) == len(lrs):
         return None, (f"no lr puts k* inside [{lo:g}, {hi:g}]: k* comes too early (or training "
                       f"diverges) even at lr={lrs[0]:g}; try smaller lrs (below {lrs[0]:g}).")
-    if slow and fast and max(slow) < min(fast):
+    mixed = [lr for lr in lrs if lr not in slow and lr not in fast]
+    if slow and fast and max(slow) < min(fast) and not [
+            lr for lr in lrs if max(slow) < lr < min(fast)]:
         a, b = max(slow), min(fast)
         return None, (f"no lr puts k* inside [{lo:g}, {hi:g}]: at lr={a:g} k* is too late, at "
                       f"lr={b:g} too early; try lrs between {a:g} and {b:g}.")
-    mixed = next(lr for lr in lrs if lr not in slow and lr not in fast)
-    pts = by_lr[mixed]
-    return None, (f"no single lr puts every point inside [{lo:g}, {hi:g}]: at lr={mixed:g} "
+    if not mixed:
+        return None, (f"no lr puts k* inside [{lo:g}, {hi:g}], and k* does not move steadily "
+                      f"with the lr (too late at lr={', '.join(f'{v:g}' for v in slow)}, too "
+                      f"early at lr={', '.join(f'{v:g}' for v in fast)}); rerun with more seeds "
+                      "or a finer grid of lrs.")
+    pts = by_lr[mixed[0]]
+    labels = list(dict.fromkeys(p.label() for p in points))
+    inside = "; ".join(f"{label} at " + (", ".join(f"{p.lr:g}" for p in points if p.label()
+                                                   == label and p.status == INSIDE) or "none")
+                       for label in labels)
+    return None, (f"no single lr puts every point inside [{lo:g}, {hi:g}]: at lr={mixed[0]:g} "
                   f"{_labels(pts, (EARLY, NONE))} come too early while "
-                  f"{_labels(pts, (LATE, AT_END))} come too late; widen the "
-                  "window or calibrate those widths separately.")
+                  f"{_labels(pts, (LATE, AT_END))} come too late (inside: {inside}); k* spreads "
+                  "across the points more than the window allows: widen the window, train "
+                  "longer, or calibrate those widths separately.")
 
 
 def _check(lrs: Sequence[float], window, epochs: int, num_seeds: int):

@@ -43,7 +43,7 @@ class Panel:
     fits: list = dataclasses.field(default_factory=list)
     log_x: bool = True
     log_y: bool = True
-    note: str = "no finite values"
+    note: str = "no finite (positive, on a log axis) values"
 
 
 def fmt(v, digits: int = 3) -> str:

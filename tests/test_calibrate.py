@@ -78,6 +78,15 @@ def test_largest_of_several_good_lrs():
     (lambda lr, w: 50 if w == 8 else 400, None, ("no single lr puts every point inside "
                                                   "[120, 300]: at lr=0.0001 width=8 come too "
                                                   "early while width=512 come too late")),
+    # As the quick preset's pilots: the narrow width reaches a minimum only at the largest lr,
+    # the wide one is early at all but the smallest, where it is late; the lrs in between
+    # are mixed, so "between 1e-4 and 3e-3" would be wrong.
+    (lambda lr, w: (0.4 if w == 8 else 0.03) / lr, None,
+     ("no single lr puts every point inside [120, 300]: at lr=0.0003 width=512 come too early "
+     "while width=8 come too late (inside: width=8 at 0.003; width=512 at none)")),
+    (lambda lr, w: 50 if lr in (1e-4, 1e-3) else 400, None,
+     ("k* does not move steadily with the lr (too late at lr=0.0003, 0.003, too early at "
+     "lr=0.0001, 0.001)")),
 ])
 def test_no_lr_says_which_way(law, lr, needle):
     got, advice = propose(pilots(law), WINDOW)
