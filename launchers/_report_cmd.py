@@ -7,7 +7,7 @@ import os
 from absl import flags
 
 import ntkbench
-from ntkbench.launchers._config_file import UsageError, parse
+from ntkbench.launchers._config_file import UsageError, define_config, parse, strip_config
 
 
 def _define_report(fv) -> None:
@@ -43,5 +43,64 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def _define_calibrate(fv) -> None:
+    flags.DEFINE_list("lrs", None, "Learning rates to try, e.g. 1e-4,3e-4,1e-3,3e-3.",
+                      flag_values=fv)
+    flags.DEFINE_integer("seeds", 2, "Seeds per pilot point (narrowest and widest width of "
+                         "each depth).", flag_values=fv)
+    flags.DEFINE_list("window", None, "LO,HI: the epochs where k* should land (default "
+                      "0.4*epochs,epochs).", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Parent directory of the pilots, one sweep per lr in "
+                        "WORKDIR/lr_<value> (default runs/calibrate-<config name>).",
+                        flag_values=fv)
+
+
+def _numbers(values: list[str], flag: str, example: str) -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--{flag}={','.join(values)} must be numbers separated by commas, "
+                         f"e.g. --{flag}={example}.") from None
+
+
 def calibrate(argv: list[str]) -> int:
-    raise UsageError("calibrate is not available yet.")
+    """`ntkbench calibrate --config=quick --lrs=1e-4,3e-4,1e-3 [--seeds=2] [--window=LO,HI]
+    [--workdir=DIR]`: where k* lands per lr and width, and the largest lr that puts it in the
+    window (`ntkbench._calibrate`)."""
+    from absl import logging
+
+    from ntkbench._calibrate import calibrate as run_calibration
+    from ntkbench._calibrate import format_calibration
+    from ntkbench.launchers._progress import ProgressDisplay
+    from ntkbench.launchers._watch import StopFlag
+
+    holder = {}
+
+    def define(fv):
+        holder["model_fn"] = define_config(fv, argv)
+        _define_calibrate(fv)
+
+    fv = parse(strip_config(argv), define)
+    try:
+        config = ntkbench.from_config_dict(fv.config)
+    except ntkbench.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if not fv.lrs:
+        raise UsageError("--lrs is required, e.g. --lrs=1e-4,3e-4,1e-3,3e-3.")
+    lrs = _numbers(fv.lrs, "lrs", "1e-4,3e-4,1e-3,3e-3")
+    window = None
+    if fv.window:
+        window = _numbers(fv.window, "window", f"{0.4 * config.epochs:g},{config.epochs}")
+        if len(window) != 2:
+            raise UsageError(f"--window={','.join(fv.window)} must be two epochs LO,HI, e.g. "
+                             f"--window={0.4 * config.epochs:g},{config.epochs}.")
+    workdir = fv.workdir or os.path.join("runs", f"calibrate-{config.name}")
+    display = ProgressDisplay("auto", log=logging.info)
+    hooks = ntkbench.Hooks(log=display.log, progress=display, should_stop=StopFlag())
+    try:
+        result = run_calibration(config, lrs=lrs, num_seeds=fv.seeds, window=window,
+                                 workdir=workdir, hooks=hooks, model_fn=holder["model_fn"])
+    finally:
+        display.close()
+    print(format_calibration(result))
+    return 0
