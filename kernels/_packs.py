@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 from jax import lax
 
 

@@ -127,3 +127,33 @@ def test_single_width_with_ntk_and_no_seed_axis(tmp_path):
                              "report.md"]
     md = (tmp_path / "report.md").read_text()
     assert "Replicates averaged over: none" in md and "Fig. 2 (scaling)" in md
+
+
+def test_laziness_figure_and_k_star_flags(tmp_path):
+    ds = make_results()
+    w = ds["width"].astype(float)
+    ds["kernel_distance_init"] = ds["ntk_trace"] * 0 + 0.3 * w**-0.5
+    ds["lin_output_gap"] = ds["ntk_trace"].fillna(1.0) * 0 + 0.1 * w**-1.0
+    paths = write_report(ds, tmp_path, num_bootstrap=50, kstar_window=(45, 60))
+    assert "fig_laziness.png" in _names(paths)
+    md = (tmp_path / "report.md").read_text()
+    assert "| kernel_distance_star | width |" in md and "| lin_output_gap_star | width |" in md
+    row = [ln for ln in md.splitlines() if ln.startswith("| kernel_distance_star | width |")][0]
+    assert "| -0.5 |" in row  # the fitted exponent of 0.3 w^-0.5
+    flags = md.split("## Where k* falls")[1].split("##")[0]
+    assert "width=16" in flags and "before the window" in flags  # k* near 40, window (45, 60)
+
+
+def test_an_unfinished_sweep_is_refused_unless_partial_results_are_allowed(tmp_path):
+    import ntkbench
+
+    ds = make_results()
+    last = np.full(tuple(ds.sizes[a] for a in ("depth", "width", "seed")), 60)
+    last[0, 1, 2] = 35  # one member trained 35 of 60 epochs
+    ds["last_record"] = (("depth", "width", "seed"), last)
+    with pytest.raises(ntkbench.ConfigError, match="1 of 15 members are incomplete"):
+        write_report(ds, tmp_path / "a", num_bootstrap=10)
+    assert not (tmp_path / "a").exists()
+    write_report(ds, tmp_path / "b", num_bootstrap=10, allow_partial=True)
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "## Incomplete members" in md and "width=64, seed=2: records 0..35 of 60" in md
