@@ -21,9 +21,7 @@ import time
 
 from absl import app, flags
 
-from ntkbench import config as cfg
-from ntkbench.recording import make_record
-from ntkbench.sweep import run_sweep
+import ntkbench
 
 _EPOCHS = flags.DEFINE_integer("epochs", 100, "Epochs of the quick preset to run.")
 _CHUNK = flags.DEFINE_integer("chunk_epochs", 10, "Epochs per compiled chunk for pair 1.")
@@ -37,7 +35,7 @@ def _time(config) -> tuple[float, int, int, float]:
     lines = []
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        run_sweep(config, d, log=lines.append, make_record=make_record)
+        ntkbench.run(config, d, hooks=ntkbench.Hooks(log=lines.append))
         seconds = time.perf_counter() - t0
     found = [re.search(r"(\d+) checkpoint\(s\) written, training blocked ([0-9.]+)s by them; "
                        r"(\d+) due", s) for s in lines]
@@ -47,15 +45,47 @@ def _time(config) -> tuple[float, int, int, float]:
     return seconds, written, postponed, blocked
 
 
+def _print_state_sizes(config) -> None:
+    """Bytes of the checkpointed state of the largest pack: parameters, optimizer, best-so-far
+    copy and the record carry (top eigenvectors), as `PackProgram.init_state` builds it."""
+    import jax
+    import numpy as np
+
+    from ntkbench._datasets import load_dataset
+    from ntkbench._pack import SweepData, build_pack
+    from ntkbench._placement import Placement
+    from ntkbench._planner import plan
+    from ntkbench._recording import Recorder
+    from ntkbench._sweep import model_family
+    from ntkbench._training import PackProgram
+
+    data = load_dataset(config.dataset)
+    family = model_family(config, data)
+    pack = max(plan(config, family).packs, key=lambda p: p.num_members * p.padded_width**2)
+    rec = Recorder(config, data.num_classes)
+    model, pdata = build_pack(config, family, pack, SweepData.of(config, data), Placement(None),
+                              rec, sequential=True)
+    state = PackProgram(config, rec).init_state(pdata, model)
+    parts = {name: sum(np.asarray(x).nbytes for x in jax.tree.leaves(getattr(state, name)))
+             for name in ("model", "opt_state", "best", "record")}
+    m = config.n_test * data.num_classes
+    print(f"checkpointed state of the largest pack ({pack.num_members} members, width <= "
+          f"{pack.padded_width}): " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in
+                                                parts.items())
+          + f"; record carry per member {parts['record'] / pack.num_members / 4:,.0f} floats "
+          f"(M x n_max = {m} x {rec.num_vectors} = {m * rec.num_vectors:,})")
+
+
 def main(argv):
     del argv
-    base = cfg.from_config_dict(cfg.get_config("quick"))
+    base = ntkbench.from_config_dict(ntkbench.get_config("quick"))
     base = dataclasses.replace(base, epochs=_EPOCHS.value, checkpoint_every_minutes=0.0)
     if _BUDGET.value is not None:
         base = dataclasses.replace(base, checkpoint_max_overhead=_BUDGET.value)
     member_epochs = base.num_members * base.epochs
     print(f"quick preset, {base.num_members} members x {base.epochs} epochs, NTK every "
           f"{base.ntk_every} epochs, checkpoint_max_overhead={base.checkpoint_max_overhead}")
+    _print_state_sizes(base)
     _time(dataclasses.replace(base, epochs=2, chunk_epochs=1, checkpoint_every_epochs=0))  # warm caches
     for chunk in (_CHUNK.value, 1):
         never = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=0)

@@ -12,7 +12,7 @@ noisy, so only same-process ratios mean much):
 3. loop: a Python loop over single members with a jitted step.
 
 All three record the same numbers every epoch (train and test loss and accuracy on the same
-`n_test` test samples), so they do the same work.
+`n_eval` evaluation samples), so they do the same work.
 
 Each way builds its jitted functions once, runs once to compile (reported as "first run",
 compile included) and once more with the same functions ("steady": model init, data and
@@ -33,10 +33,13 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from ntkbench import config as cfg
-from ntkbench import ensemble
+import ntkbench
 from ntkbench._datasets import load_dataset
-from ntkbench._sweep import build_data, build_models, ntk_test_indices
+from ntkbench._members import members as all_members
+from ntkbench._members import members_keys
+from ntkbench._pack import SweepData, build_data, build_models
+from ntkbench._planner import plan as plan_packs
+from ntkbench._sweep import model_family
 from ntkbench._training import PackProgram, per_sample_loss
 from ntkbench.models import MLP
 
@@ -44,30 +47,32 @@ _WIDTHS = flags.DEFINE_list("widths", ["8", "16", "32", "64", "128", "256"], "Wi
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds per width.")
 _EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs.")
 _N = flags.DEFINE_integer("n_train", 100, "Training samples (full batch).")
-_EFF = flags.DEFINE_float("min_pack_efficiency", cfg.SweepConfig().min_pack_efficiency,
+_N_EVAL = flags.DEFINE_integer("n_eval", 64, "Evaluation samples (test loss every epoch).")
+_EFF = flags.DEFINE_float("min_pack_efficiency", ntkbench.SweepConfig().min_pack_efficiency,
                           "Planner's padding-efficiency floor (default: the sweep default).")
 
 
 def _config():
-    return cfg.from_config_dict({
-        **cfg.get_config("quick").to_dict(), "widths": tuple(int(w) for w in _WIDTHS.value),
+    return ntkbench.from_config_dict({
+        **ntkbench.get_config("quick").to_dict(), "widths": tuple(int(w) for w in _WIDTHS.value),
         "num_seeds": _SEEDS.value, "epochs": _EPOCHS.value, "n_train": (_N.value,),
-        "ntk_every": 0, "chunk_epochs": _EPOCHS.value, "dataset": "digits",
-        "min_pack_efficiency": _EFF.value})
+        "n_eval": _N_EVAL.value, "ntk_every": 0, "chunk_epochs": _EPOCHS.value,
+        "dataset": "digits", "min_pack_efficiency": _EFF.value})
 
 
 def make_packs(c, data):
     """Packs: the planner and one `PackProgram` (compiled on the first call, reused after)."""
     prog = PackProgram(c)
-    test_idx = ntk_test_indices(c, data)
-    plan = ensemble.plan(c, data.input_size, data.num_classes)
+    family = model_family(c, data)
+    sweep = SweepData.of(c, data)
+    plan = plan_packs(c, family)
 
     def run():
         outs = []
         for pack in plan.packs:
-            model = build_models(c, pack, data.input_size, data.input_shape, data.num_classes)
-            pdata = build_data(c, pack, data, test_idx)
-            _, out = prog.train_chunk(pdata, prog.init_state(model), c.epochs)
+            model = build_models(c, family, pack)
+            pdata = build_data(c, pack, sweep)
+            _, out = prog.train_chunk(pdata, prog.init_state(pdata, model), c.epochs)
             outs.append(out["train_loss"])
         jax.block_until_ready(outs)
 
@@ -94,21 +99,25 @@ def _step_fn(optim, x_test, y_test):
 
 
 def _member_data(c, data, x_all, y_all, keys_data):
-    from ntkbench._datasets import draw_indices
+    from ntkbench._noise import draw_indices
     idx = draw_indices(keys_data, y_all, c.n_train[0])
     return x_all[idx], y_all[idx]
 
 
 def _test_set(c, data):
-    idx = ntk_test_indices(c, data)
+    idx = SweepData.of(c, data).eval_idx
     return (jnp.asarray(data.x_test.reshape(len(data.y_test), -1)[idx]), jnp.asarray(data.y_test[idx]))
+
+
+def _keys(c, m):
+    return {k: v[0] for k, v in members_keys(c, [m]).items()}
 
 
 def _train_data(c, data):
     x_all = jnp.asarray(data.x_train.reshape(len(data.y_train), -1))
     y_all = jnp.asarray(data.y_train)
-    members = ensemble.members(c)
-    return members, _member_data(c, data, x_all, y_all, ensemble.member_keys(c, members[0])["data"])
+    members = all_members(c)
+    return members, _member_data(c, data, x_all, y_all, _keys(c, members[0])["data"])
 
 
 def make_per_width(c, data):
@@ -120,7 +129,7 @@ def make_per_width(c, data):
     def run():
         last = None
         for w in c.widths:
-            keys = jnp.stack([ensemble.member_keys(c, m)["init"] for m in members if m.width == w])
+            keys = jnp.stack([_keys(c, m)["init"] for m in members if m.width == w])
             models = eqx.filter_vmap(lambda k, w=w: MLP(data.input_size, data.num_classes, w, c.depth[0], key=k))(keys)
             opt_state = eqx.filter_vmap(lambda m: optim.init(eqx.filter(m, eqx.is_inexact_array)))(models)
             for _ in range(c.epochs):
@@ -139,7 +148,7 @@ def make_loop(c, data):
     def run():
         last = None
         for m in members:
-            model = MLP(data.input_size, data.num_classes, m.width, m.depth, key=ensemble.member_keys(c, m)["init"])
+            model = MLP(data.input_size, data.num_classes, m.width, m.depth, key=_keys(c, m)["init"])
             opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
             for _ in range(c.epochs):
                 model, opt_state, last = step(model, opt_state, x, y)
@@ -150,9 +159,10 @@ def make_loop(c, data):
 
 def useful_flops_per_epoch(c, data) -> float:
     """FLOPs of one epoch of all members: forward + backward (3x forward) on `n_train` samples
-    and a forward pass on the `n_test` test samples, at each member's own width."""
-    return sum(ensemble.flops_per_example(c, data.input_size, data.num_classes, m.width, m.depth)
-               * (3 * m.n_train + c.n_test) for m in ensemble.members(c))
+    and a forward pass on the `n_eval` evaluation samples, at each member's own width."""
+    family = model_family(c, data)
+    return sum(family.flops_per_example(m.width, m.depth) * (3 * m.n_train + c.n_eval)
+               for m in all_members(c))
 
 
 def xla_step_flops(c, data, width: int) -> float:
@@ -172,16 +182,15 @@ def xla_step_flops(c, data, width: int) -> float:
 
 def main(argv):
     del argv
-    from ntkbench.profiling import matmul_peak
+    from ntkbench._profiling import matmul_peak
 
     c = _config()
     data = load_dataset("digits")
     member_epochs = c.num_members * c.epochs
     flops = useful_flops_per_epoch(c, data) * c.epochs
     w = max(c.widths)
-    m_w = [m for m in ensemble.members(c) if m.width == w][0]
-    mine = ensemble.flops_per_example(c, data.input_size, data.num_classes, w, m_w.depth) * (
-        3 * m_w.n_train + c.n_test)
+    m_w = [m for m in all_members(c) if m.width == w][0]
+    mine = model_family(c, data).flops_per_example(w, m_w.depth) * (3 * m_w.n_train + c.n_eval)
     print(f"useful work: {flops / 1e9:.1f} GFLOP; width {w}: {mine / 1e6:.1f} MFLOP per "
           f"member-epoch by count, {xla_step_flops(c, data, w) / 1e6:.1f} by XLA's cost analysis "
           "(which adds the elementwise ops and Adam)")
