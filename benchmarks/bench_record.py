@@ -102,6 +102,8 @@ def _time_all(fns: dict, repeats: int) -> dict:
 def blas_report() -> str:
     """Which BLAS/LAPACK the host path (and jaxlib's CPU LAPACK kernels) use."""
     lines = [f"jax {jax.__version__}, devices {jax.devices()}"]
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, which threadpoolctl then lists)
+
     try:
         from threadpoolctl import threadpool_info
 
@@ -113,8 +115,9 @@ def blas_report() -> str:
         lines.append("  (pip install threadpoolctl to list the BLAS libraries)")
     env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
     lines.append(f"  BLAS environment: {env or 'none set'}")
-    lines.append("  jax's CPU LAPACK kernels (eigh) come from scipy.linalg.cython_lapack: the "
-                 "libscipy_openblas above; XLA's matmuls use XLA's own CPU kernels")
+    lines.append("  jax's CPU LAPACK kernels (eigh) and the host spectral step use scipy's "
+                 "OpenBLAS (scipy.linalg.cython_lapack, scipy.libs/); numpy's own OpenBLAS "
+                 "(numpy.libs/) is not used by either; XLA's matmuls use XLA's own CPU kernels")
     return "\n".join(lines)
 
 
@@ -296,7 +299,7 @@ t_eigh, t_floor = np.inf, np.inf
 for _ in range({repeats}):
     t = time.perf_counter(); jax.block_until_ready(eigh(x)); t_eigh = min(t_eigh, time.perf_counter() - t)
     t = time.perf_counter(); host_eigenvalues_floor(a); t_floor = min(t_floor, time.perf_counter() - t)
-arch = sorted({{i.get("architecture") for i in threadpool_info() if "scipy" in i["filepath"]}})
+arch = sorted({{i.get("architecture") for i in threadpool_info() if "scipy.libs" in i["filepath"]}})
 print(f"arch={{arch}} eigh {{1e3 * t_eigh:.1f}} ms, syevd JOBZ=N {{1e3 * t_floor:.1f}} ms")
 """
 
