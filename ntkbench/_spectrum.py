@@ -30,9 +30,10 @@ Methods (`SpectrumMethod`; measured numbers and commands in `docs/spectrum.md`):
 Batching (`vmap` over members). No method ever issues a batched LAPACK call on CPU: a batched
 `eigh` (or `qr`) inside a program running on several CPU devices of one process can deadlock,
 because jaxlib's LAPACK kernels hand the batch elements to XLA's intra-op thread pool and block
-the calling worker. `HOST_LAPACK` gets the whole batch in one host callback and loops over it in
-Python; under `jit` with the member axis sharded automatically (GSPMD) that callback runs once,
-on device 0, for the full pack, and inside `shard_map` once per device for its own members.
+the calling worker. `HOST_LAPACK` gets the whole batch in one host call (an XLA FFI handler on
+CPU, see `_host_call`) and loops over it in Python; the call is batch-partitionable, so under
+`jit` with the member axis sharded (GSPMD), and inside `shard_map`, each device runs it on its
+own members.
 `EIGH` and `SUBSPACE` run the members one after the other (a `lax.map`, via
 `jax.custom_batching.sequential_vmap`) when `platform` is None or `"cpu"`, and batched on other
 platforms (the GPU/TPU eigensolvers batch safely). A `lax.map` over a member axis that GSPMD
