@@ -27,7 +27,7 @@ LOSSES = ("cross_entropy", "mse")
 INITS = ("lecun_normal", "xavier_uniform", "he_uniform")
 NTK_METHODS = ("auto", "structured", "implicit", "jacobian", "hybrid")
 NTK_SPECTRA = ("exact", "slq", "auto")
-EIGENSOLVERS = ("auto", "host", "subspace", "eigh")
+EIGENSOLVERS = ("auto", "host_lapack", "subspace", "eigh")
 
 
 @dataclasses.dataclass(frozen=True)

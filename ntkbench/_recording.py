@@ -122,9 +122,9 @@ class Recorder:
         k = self._ntk(model, x)
         y1 = jax.nn.one_hot(y, self.num_classes, dtype=k.dtype)
         spec = cosine_spectrum(k, self.num_vectors, method=self.config.ntk_eigensolver,
-                               platform=self.platform, prev_vectors=vectors,
-                               float64=self.config.ntk_float64)
-        h = observables.entropy_from_eigenvalues(spec.eigenvalues)
+                               platform=self.platform, prev_vectors=vectors, prev_erank=erank,
+                               dtype=jnp.float64 if self.config.ntk_float64 else jnp.float32)
+        h = spec.entropy.astype(k.dtype)
         n = jnp.round(jnp.where(jnp.isfinite(erank), erank, 1.0))
         out = {
             "ntk_trace": jnp.trace(k) / k.shape[0],
@@ -133,14 +133,14 @@ class Recorder:
             "label_alignment": observables.label_alignment(k, y1),
             "label_alignment_traced": observables.label_alignment_traced(
                 _rank4(k, self.num_classes), y1),
-            "eigvec_misalignment": top_misalignment(vectors, erank, spec.vectors),
+            "eigvec_misalignment": top_misalignment(vectors, erank, spec.vectors).astype(k.dtype),
             "misalignment_clipped": jnp.where(jnp.isfinite(erank),
                                               (n > self.num_vectors).astype(k.dtype), jnp.nan),
             "kernel_distance_init": observables.kernel_distance(k, ntk0),
         }
         if self.velocity:
             out["kernel_velocity"] = observables.kernel_distance(k, prev_ntk)
-        return out, spec.vectors, jnp.exp(h), k
+        return out, spec.vectors.astype(jnp.float32), jnp.exp(h), k
 
     def record(self, model, x, y, carry: RecordCarry, inputs: RecordInputs, epoch
                ) -> tuple[dict[str, Array], RecordCarry]:

@@ -58,7 +58,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ntkbench._observables import _entropy_from_eigenvalues, cosine_normalize
+from ntkbench.observables import cosine_normalize
+from ntkbench.observables import entropy_from_eigenvalues as _entropy_from_eigenvalues
 
 _HIGHEST = lax.Precision.HIGHEST
 
