@@ -53,10 +53,14 @@ NamedSharding(mesh, P()))`); `save` rejects process-local leaves.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
+import inspect
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Self
@@ -192,6 +196,49 @@ def _agree_on_save(force: bool, due: bool, busy: bool) -> tuple[bool, bool, bool
     flags = np.asarray(multihost_utils.process_allgather(np.asarray([force, due, busy], np.int32)))
     flags = flags.reshape(jax.process_count(), 3)
     return bool(flags[:, 0].any()), bool(flags[0, 1]), bool(flags[:, 2].any())
+
+
+@contextlib.contextmanager
+def _sibling_read_failures_logged(grace_s: float = 1.0):
+    """Logs, rather than prints, the read failures of Orbax's sibling reads.
+
+    Orbax reads the arrays of a checkpoint concurrently (coroutines awaiting Tensorstore
+    futures) in an event loop that it closes as soon as the first read fails. That first
+    failure is raised to us and reported as the reason the checkpoint is skipped. The other
+    reads of the same damaged checkpoint fail too, but nobody retrieves them: Python would print
+    each as a traceback ("Exception ignored in <coroutine ...>", or "Event loop is closed" when a
+    Tensorstore read completes after the loop is gone). While the restore runs, and for
+    `grace_s` seconds after it failed (the in-flight reads of local files end within
+    milliseconds), those are logged at debug level instead. Anything else goes to the
+    previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        obj, exc = unraisable.object, unraisable.exc_value
+        sibling = inspect.iscoroutine(obj) and "orbax" in obj.cr_code.co_filename
+        late = (obj is None and isinstance(exc, RuntimeError)
+                and "Event loop is closed" in str(exc))
+        if sibling or late:
+            logger.debug("A further read of the same checkpoint failed: %s", exc)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed:
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                gc.collect()
+                time.sleep(0.05)
+        gc.collect()
+        sys.unraisablehook = previous
 
 
 def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
@@ -510,9 +557,10 @@ class PackCheckpointer:
         restored = None
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            restored = self._reader.restore(
-                step_dir / _STATE,
-                args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+            with _sibling_read_failures_logged():
+                restored = self._reader.restore(
+                    step_dir / _STATE,
+                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
         except Exception as e:  # noqa: BLE001
             problem = f"arrays unreadable ({type(e).__name__}: {e})"
         if not _all_processes_agree(problem is None):
