@@ -21,9 +21,18 @@ Users' own Equinox models (method "hybrid"):
 Matrix-free spectra for large N:
     `slq_entropy` -> `SpectralEstimate` (entropy and effective rank of the cosine-normalized NTK,
     docs/definitions.md §3, with standard errors), `cosine_ntk_vp_fn`, `slq`, `lanczos`, `hutchinson_trace`,
-    `hutchpp_trace` -> `TraceEstimate`.
+    `hutchpp_trace` -> `TraceEstimate`; `ntk_diagonal_and_vp` (the diagonal and `v ↦ Θ v` from
+    one pass, `structured_vp_fn` for dense networks); with the top of the spectrum handled
+    exactly: `deflated_slq` (after `top_subspace`) and `frobenius_hutchpp` -> `HutchppGram`
+    (`tr(K_a K_b)` of one or two kernels on shared probes), `mean_cov`, `delta_method`.
 """
 
+from ._deflated import HutchppGram as HutchppGram
+from ._deflated import deflated_slq as deflated_slq
+from ._deflated import delta_method as delta_method
+from ._deflated import frobenius_hutchpp as frobenius_hutchpp
+from ._deflated import mean_cov as mean_cov
+from ._deflated import top_subspace as top_subspace
 from ._hybrid import HybridPlan as HybridPlan
 from ._hybrid import LinearInfo as LinearInfo
 from ._hybrid import analyze_linears as analyze_linears
@@ -38,6 +47,9 @@ from ._ntk import ntk_trace as ntk_trace
 from ._ntk import ntk_vp as ntk_vp
 from ._ntk import resolve_method as resolve_method
 from ._packs import pack_map as pack_map
+from ._products import Matvec as Matvec
+from ._products import ntk_diagonal_and_vp as ntk_diagonal_and_vp
+from ._products import structured_vp_fn as structured_vp_fn
 from ._protocol import StructuredModel as StructuredModel
 from ._protocol import supports_structured as supports_structured
 from ._slq import SpectralEstimate as SpectralEstimate

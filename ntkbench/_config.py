@@ -80,8 +80,10 @@ class SweepConfig:
     ntk_eigensolver: str = "auto"
     ntk_num_vectors: int = 64
     ntk_float64: bool = False
-    slq_probes: int = 16
-    slq_steps: int = 40
+    slq_probes: int = 20
+    slq_steps: int = 50
+    slq_deflate: int = 20
+    slq_frobenius_probes: int = 96
     kernel_velocity: bool = False
     ntk_snapshots: bool = True
     layer_ntks: bool = False
@@ -310,12 +312,17 @@ def validate(c: SweepConfig) -> None:
     _check(all(0.0 <= f < 1.0 for f in c.noise), f"config.noise={c.noise} must lie in [0, 1).")
     for name in ("num_seeds", "num_data_draws", "epochs", "n_test", "ntk_test_draws",
                  "chunk_epochs", "max_packs_per_group", "pack_memory_mb", "eval_every",
-                 "eval_batch", "ntk_num_vectors", "slq_probes", "slq_steps", "cnn_dense",
+                 "eval_batch", "ntk_num_vectors", "slq_steps", "cnn_dense",
                  "ntk_exact_max"):
         _check(getattr(c, name) > 0, f"config.{name}={getattr(c, name)} must be positive.")
     for name in ("ntk_every", "batch_size", "checkpoint_every_epochs", "seed", "n_eval",
-                 "ntk_early_every", "ntk_early_until"):
+                 "ntk_early_every", "ntk_early_until", "slq_deflate"):
         _check(getattr(c, name) >= 0, f"config.{name}={getattr(c, name)} must be >= 0.")
+    _check(c.slq_probes >= 3, f"config.slq_probes={c.slq_probes} must be >= 3 (the standard "
+           "error and the control variate need 3); the default is 20.")
+    _check(c.slq_frobenius_probes >= 8,
+           f"config.slq_frobenius_probes={c.slq_frobenius_probes} must be >= 8 (a sketch, its "
+           "exact part and 2 Hutchinson probes); the default is 96.")
     _check(math.isfinite(c.lr) and c.lr > 0, f"config.lr={c.lr} must be a positive number, "
                                              "e.g. 1e-3.")
     _check(0 <= c.b1 < 1 and 0 <= c.b2 < 1 and 0 <= c.momentum < 1,
@@ -327,6 +334,9 @@ def validate(c: SweepConfig) -> None:
            "config.checkpoint_max_overhead must lie in [0, 1) (0 = never postpone a save).")
     _check(not (c.layer_ntks and c.model != "mlp"),
            "config.layer_ntks needs dense layers (model='mlp'); set config.layer_ntks=false.")
+    _check(not (c.kernel_velocity and c.ntk_spectrum == "slq"),
+           "config.kernel_velocity compares consecutive formed NTKs; it cannot run with "
+           "ntk_spectrum='slq' (kernel_distance_init is estimated instead).")
     _check(not (c.layer_ntks and c.ntk_spectrum == "slq"),
            "config.layer_ntks forms each layer's NTK; it cannot run with ntk_spectrum='slq'.")
     _check((c.model == "custom") == bool(c.model_file),

@@ -29,8 +29,22 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ntkbench import kernels, observables
 from ntkbench._config import SweepConfig
+from ntkbench._matrix_free import matrix_free_record
 from ntkbench._schema import NTK_EXACT, NTK_STDERR, NTK_VELOCITY
 from ntkbench._spectrum import cosine_spectrum, top_misalignment
+
+
+#: The store's name of each quantity of a matrix-free record (`matrix_free_record`'s keys).
+_SLQ_KEYS = {
+    "ntk_trace": "trace", "ntk_entropy": "entropy", "ntk_erank": "erank",
+    "label_alignment": "label_alignment", "label_alignment_traced": "label_alignment_traced",
+    "eigvec_misalignment": "eigvec_misalignment", "kernel_distance_init": "kernel_distance",
+    "ntk_entropy_stderr": "entropy_stderr", "ntk_erank_stderr": "erank_stderr",
+    "label_alignment_stderr": "label_alignment_stderr",
+    "kernel_distance_init_stderr": "kernel_distance_stderr",
+}
+#: NTK-vector products of a matrix-free record for each `ntk_method`.
+_VP_METHOD = {"structured": "structured", "implicit": "implicit"}
 
 
 class RecordCarry(eqx.Module):
@@ -87,7 +101,7 @@ class Recorder:
         self.mode = config.spectrum(num_classes)
         self.num_vectors = min(config.ntk_num_vectors, self.size)
         self.platform = platform
-        self.velocity = config.kernel_velocity
+        self.velocity = config.kernel_velocity and self.mode == "exact"
         self.snapshots = config.ntk_snapshots and self.mode == "exact"
         self.names = (NTK_EXACT + (NTK_VELOCITY if self.velocity else ())
                       + (NTK_STDERR if self.mode == "slq" else ()))
@@ -164,26 +178,31 @@ class Recorder:
         return out, new
 
     def _slq(self, model, x, y, inputs: RecordInputs, epoch) -> dict[str, Array]:
-        from ntkbench._matrix_free import matrix_free_record
-
+        """A matrix-free record: estimates (means over the test draws) with standard errors."""
         xs, ys = self._split(x, y)
         static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
         reference = eqx.combine(inputs.init_params, static)
         key = jax.random.fold_in(inputs.key, epoch)
+        c = self.config
 
         def one(a):
             xd, yd, kd = a
             y1 = jax.nn.one_hot(yd, self.num_classes, dtype=jnp.float32)
-            return matrix_free_record(model, xd, y1, key=kd, num_probes=self.config.slq_probes,
-                                      num_steps=self.config.slq_steps, reference=reference)
+            return matrix_free_record(
+                model, xd, y1, key=kd, num_probes=c.slq_probes, num_steps=c.slq_steps,
+                num_deflate=c.slq_deflate, num_frobenius_probes=c.slq_frobenius_probes,
+                reference=reference, method=_VP_METHOD.get(c.ntk_method, "auto"))
 
         per = jax.lax.map(one, (xs, ys, jax.random.split(key, self.draws)))
-        out = {name: jnp.full((), jnp.nan, jnp.float32) for name in self.names}
-        for name, value in per.items():
-            if name in out:
-                stderr = name.endswith("_stderr")
-                out[name] = (jnp.sqrt(jnp.sum(value**2)) / self.draws if stderr
-                             else jnp.mean(value))
+        out = {}
+        for name in self.names:
+            if name not in _SLQ_KEYS:  # needs eigenvectors: not in a matrix-free record
+                out[name] = jnp.full((), jnp.nan, jnp.float32)
+                continue
+            value = per[_SLQ_KEYS[name]]
+            # Independent draws: the error of the mean is sqrt(sum se²) / draws.
+            out[name] = (jnp.sqrt(jnp.sum(value**2)) / self.draws if name.endswith("_stderr")
+                         else jnp.mean(value))
         return out
 
     def measure(self, model, x, y, inputs: RecordInputs) -> dict[str, Array]:

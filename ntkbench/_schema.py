@@ -82,14 +82,17 @@ def group_of(name: str) -> Group:
     raise KeyError(f"{name!r} is not a stored ntkbench variable.")
 
 
-def stored_variables(config) -> dict[Group, tuple[str, ...]]:
-    """The variables a sweep of `config` stores, by group (what its options switch on)."""
+def stored_variables(config, num_classes: int) -> dict[Group, tuple[str, ...]]:
+    """The variables a sweep of `config` stores, by group (what its options switch on).
+
+    `num_classes` resolves `ntk_spectrum="auto"` (matrix-free records when `M` is large).
+    """
     ntk = config.ntk_every > 0
-    slq = ntk and config.ntk_spectrum == "slq"
+    slq = ntk and config.spectrum(num_classes) == "slq"
     epoch = LOSSES + TEST_METRICS + (LINEARIZED if config.linearized else ())
     record = ()
     if ntk:
-        record = NTK_EXACT + (NTK_VELOCITY if config.kernel_velocity else ())
+        record = NTK_EXACT + (NTK_VELOCITY if config.kernel_velocity and not slq else ())
         record += NTK_STDERR if slq else ()
     best = tuple(f"best_{n}" for n in BEST_SOURCES
                  if (n in record) or (n == "lin_output_gap" and config.linearized))

@@ -92,7 +92,7 @@ class ResultsStore:
                 "attributes") != attrs:
             atomic_json(group, {"zarr_format": 3, "node_type": "group", "attributes": attrs})
         self.arrays: dict[str, ts.TensorStore] = {}
-        names = stored_variables(config)
+        names = stored_variables(config, num_classes)
         ones = (1,) * len(AXES)
         e, m = self.num_records, config.n_test * num_classes
         layers = max(config.depth) + 1
