@@ -103,7 +103,8 @@ def summarize(ds: xr.Dataset, window: int = 20, *, ntk_every: int | None = None)
     `(*axes, epoch)` (NaN off the NTK records). See the module docstring for `k*`.
 
     Args:
-        ds: sweep results; needs `train_loss`, `test_loss`, `ntk_trace`, `ntk_erank`.
+        ds: sweep results; needs `train_loss` and `test_loss`; the NTK summaries need
+            `ntk_trace` and `ntk_erank` (NaN without them, e.g. with `ntk_every=0`).
         window: running-mean window of the adaptation rate in EPOCHS (the paper: 20).
         ntk_every: NTK stride `s` in epochs; default `ds.attrs["ntk_every"]`, else inferred.
 
@@ -122,7 +123,7 @@ def summarize(ds: xr.Dataset, window: int = 20, *, ntk_every: int | None = None)
         >>> float(s.k_star[0]), float(s.trace_ratio[0]), round(float(s.alpha_star[0]), 6)
         (30.0, 1.5, 0.5)
     """
-    _require(ds, ("train_loss", "test_loss", "ntk_trace", "ntk_erank"), "summarize")
+    _require(ds, ("train_loss", "test_loss"), "summarize")
     if "epoch" not in ds.dims:
         raise ValueError("summarize needs an `epoch` dimension (record index, 0 = initialization).")
     if window < 1:
@@ -130,8 +131,10 @@ def summarize(ds: xr.Dataset, window: int = 20, *, ntk_every: int | None = None)
     axes = sweep_axes(ds)
     shape = tuple(ds.sizes[a] for a in axes)
     epochs = np.asarray(ds["epoch"].values, np.float64)
-    get = {n: _member_array(ds, n, axes) for n in ("train_loss", "test_loss", "ntk_trace",
-                                                   "ntk_erank") }
+    get = {n: _member_array(ds, n, axes) for n in ("train_loss", "test_loss")}
+    for n in ("ntk_trace", "ntk_erank"):  # a sweep without NTK records: NaN NTK summaries
+        get[n] = (_member_array(ds, n, axes) if n in ds
+                  else np.full_like(get["train_loss"], np.nan))
     optional = {n: _member_array(ds, n, axes) for n in ("kernel_distance_init", "lin_output_gap",
                                                         "k_star", "min_test_loss")
                 + tuple(f"best_{s}" for s in ("ntk_trace", "ntk_erank", "kernel_distance_init",

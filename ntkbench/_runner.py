@@ -126,8 +126,9 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
     status = ctx.workdir.read_status(pack.pack_id)
     if status.get("unreadable"):
         ctx.hooks.log(f"pack {pack.pack_id}: its status file {ctx.workdir.status_path(pack.pack_id)} "
-                      "is unreadable; retraining the pack (its stored records are checked bit "
-                      "for bit as they are rewritten)")
+                      "is unreadable; the pack continues from its newest readable checkpoint "
+                      "(or from scratch), and the records it rewrites are checked bit for bit "
+                      "against the stored ones")
     if status.get("status") == "done":
         ctx.done += pack.num_members * cfg.epochs
         _report(ctx, pack, i, n, cfg.epochs, "skip")

@@ -115,8 +115,8 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.load(workdir)`.
     """
-    if not isinstance(config, SweepConfig):
-        config = from_config_dict(config)
+    # A SweepConfig built directly is validated (and normalized) like a preset's ConfigDict.
+    config = from_config_dict(config.to_dict() if isinstance(config, SweepConfig) else config)
     runtime = Runtime.local() if runtime is None else runtime
     hooks = Hooks() if hooks is None else hooks
     shard = parse_shard(shard)

@@ -121,9 +121,18 @@ def test_summarize_without_ntk():
     assert np.all(np.isfinite(s["min_test_loss"]))
 
 
+def test_summarize_a_sweep_that_stored_no_ntk_variables():
+    # ntk_every=0: the store has no NTK variables at all; the summaries that need them are NaN.
+    ds = make_sweep(k_min=[40, 60, 70]).drop_vars(["ntk_trace", "ntk_erank", "ntk_entropy"])
+    s = analysis.summarize(ds)
+    np.testing.assert_array_equal(s["k_star"].sel(seed=0), [40, 60, 70])
+    for name in ("T0", "T_star", "trace_ratio", "erank_star", "alpha_star"):
+        assert np.all(np.isnan(s[name])), name
+
+
 def test_summarize_error_names_missing_variables():
-    with pytest.raises(ValueError, match="ntk_trace"):
-        analysis.summarize(make_sweep().drop_vars("ntk_trace"))
+    with pytest.raises(ValueError, match="test_loss"):
+        analysis.summarize(make_sweep().drop_vars("test_loss"))
 
 
 def _naive_alpha(trace, loss, window):
