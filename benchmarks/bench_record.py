@@ -43,13 +43,9 @@ import numpy as np
 import optax
 
 from ntkbench import kernels
-from ntkbench._observables import _cosine_eigh, _misalignment_from_eigvecs
-from ntkbench._spectrum import (
-    _host_cosine,
-    cosine_spectrum,
-    host_eigenvalues_floor,
-    top_misalignment,
-)
+from ntkbench._host_lapack import _host_cosine, host_eigenvalues_floor
+from ntkbench._spectrum import cosine_spectrum, top_misalignment
+from ntkbench.observables import _cosine_eigh, _misalignment_from_eigvecs
 from ntkbench.models import MLP, stack
 from ntkbench.observables import spectral_record
 
@@ -247,29 +243,34 @@ def bench_record_vs_epoch(pack: int, num_samples: int, width: int, repeats: int)
     batched) against one training epoch of the same pack (full-batch Adam on 100 digits)."""
     import dataclasses
 
-    from ntkbench import config as cfg
-    from ntkbench import ensemble
+    import ntkbench
     from ntkbench._datasets import load_dataset
-    from ntkbench._sweep import build_data, build_models, ntk_test_indices
+    from ntkbench._pack import SweepData, build_pack
+    from ntkbench._placement import Placement
+    from ntkbench._planner import plan
+    from ntkbench._recording import Recorder
+    from ntkbench._sweep import model_family
     from ntkbench._training import PackProgram
-    from ntkbench.recording import make_record
 
-    c = cfg.from_config_dict({**cfg.get_config("quick").to_dict(), "widths": (width,),
-                              "num_seeds": pack, "n_test": num_samples, "ntk_every": 1})
+    c = ntkbench.from_config_dict({**ntkbench.get_config("quick").to_dict(), "widths": (width,),
+                                   "num_seeds": pack, "n_test": num_samples, "ntk_every": 1})
     data = load_dataset("digits")
-    p = ensemble.plan(c, data.input_size, data.num_classes).packs[0]
-    model = build_models(c, p, data.input_size, data.input_shape, data.num_classes)
-    pdata = build_data(c, p, data, ntk_test_indices(c, data))
-    plain = PackProgram(dataclasses.replace(c, ntk_every=0))
-    recorded = PackProgram(c, *make_record(c, data.num_classes))
+    family = model_family(c, data)
+    p = plan(c, family).packs[0]
+    rec = Recorder(c, data.num_classes, platform=jax.default_backend())
+    sequential = jax.default_backend() == "cpu"
+    model, pdata = build_pack(c, family, p, SweepData.of(c, data), Placement(None), rec,
+                              sequential=sequential)
+    plain = PackProgram(dataclasses.replace(c, ntk_every=0), None, sequential=sequential)
+    recorded = PackProgram(c, rec, sequential=sequential)
     epochs = 10
 
     def run(prog):
-        state = prog.init_state(model)
+        state = prog.init_state(pdata, model)
         jax.block_until_ready(prog.train_chunk(pdata, state, epochs))  # compile
         times = []
         for _ in range(repeats):
-            state = prog.init_state(model)
+            state = prog.init_state(pdata, model)
             t0 = time.perf_counter()
             jax.block_until_ready(prog.train_chunk(pdata, state, epochs))
             times.append(time.perf_counter() - t0)
@@ -288,7 +289,6 @@ def bench_record_vs_epoch(pack: int, num_samples: int, width: int, repeats: int)
 _CORETYPE_CHILD = """
 import time, numpy as np, jax, jax.numpy as jnp
 from threadpoolctl import threadpool_info
-from ntkbench._spectrum import host_eigenvalues_floor
 M = {m}
 j = np.random.default_rng(0).standard_normal((M, M // 2)).astype(np.float32)
 a = j @ j.T / M

@@ -54,10 +54,13 @@ def test_wide_sweep_is_not_one_pack():
 
 
 def test_memory_bound_splits_packs():
-    c = _config(widths=(1024,), num_seeds=20, n_train=(100,), pack_memory_mb=64)
+    c = _config(widths=(1024,), num_seeds=20, n_train=(100,))
+    one = member_bytes(c, MNIST, 1024, c.depth[0], 100)
+    budget_mb = int(5.5 * one / 2**20)  # room for 5 members per pack
+    c = dataclasses.replace(c, pack_memory_mb=budget_mb)
     p = ensemble.plan(c, 784, 10)
-    assert len(p.packs) > 1 and p.num_programs <= 2
-    assert all(ensemble_bytes(c, pk) <= 64 * 2**20 for pk in p.packs)
+    assert len(p.packs) == 4 and p.num_programs <= 2
+    assert all(ensemble_bytes(c, pk) <= budget_mb * 2**20 for pk in p.packs)
 
 
 def ensemble_bytes(c, pk):
