@@ -5,10 +5,17 @@ records, few epochs) runs as a user runs it, `ntkbench run` in a subprocess, und
 that a hang fails the test instead of stalling CI (the watchdog would end it with status 70 too).
 Before the fix, 2 and 4 fake devices deadlocked in the first NTK record of pack 0.
 
-Tolerances: losses, accuracies, traces, alignments and kernel distances agree to 1e-5 relative
-(another device layout reassociates float32 sums); entropy and effective rank come from a
+Tolerances: losses, accuracies, and the NTK traces, alignments and kernel distances of every
+record agree to 1e-5 relative (another device layout vmaps the training step over another number
+of members per device, which reassociates float32 sums); entropy and effective rank come from a
 float32 eigendecomposition whose own accuracy is ~1e-6..1e-5 relative (docs/spectrum.md), held
 to 1e-4; the eigenvector misalignment, a small difference of subspaces, to 1e-4 absolute.
+The NTK quantities at `k*` (`best_*` and the summaries taken from them: `T_star`, `trace_ratio`,
+`erank_star`, `kernel_distance_star`) are measured on the parameters of the best epoch, which
+need not be a record epoch: there a ReLU unit of one member can sit at its kink on an NTK sample,
+so an ulp-level difference of the parameters flips it and moves that member's kernel by up to
+~1e-3 relative (seen once: 2.7e-4 in `best_ntk_trace` of 1 member of 28 on 4 devices). They must
+agree to 1e-5 (1e-4 for entropy and erank) for all but one member in ten, and to 1e-3 for all.
 """
 
 import os
@@ -47,6 +54,9 @@ def _run(workdir, *args, timeout=TIMEOUT):
     return ntkbench.load(workdir)
 
 
+AT_K_STAR = ("T_star", "trace_ratio", "erank_star", "kernel_distance_star")
+
+
 def _close(a, b):
     names = [v for v in a.data_vars if a[v].dtype.kind == "f" and v in b]
     assert {"test_loss", "ntk_erank", "eigvec_misalignment", "kernel_distance_init",
@@ -54,8 +64,12 @@ def _close(a, b):
     for v in names:
         x, y = a[v].values, b[v].values
         assert np.array_equal(np.isnan(x), np.isnan(y)), v
-        np.testing.assert_allclose(x, y, rtol=RTOL.get(v, 1e-5), atol=ATOL.get(v, 1e-7),
-                                   err_msg=v)
+        rtol, atol = RTOL.get(v, 1e-5), ATOL.get(v, 1e-7)
+        if v.startswith("best_") or v in AT_K_STAR:
+            ok = np.isnan(x) | (np.abs(x - y) <= atol + rtol * np.abs(y))
+            assert ok.mean() >= 0.9, (v, np.flatnonzero(~ok), x[~ok], y[~ok])
+            rtol = 1e-3
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=v)
     np.testing.assert_array_equal(a["k_star"].values, b["k_star"].values)
 
 
