@@ -9,7 +9,10 @@ Tolerances: losses, accuracies, and the NTK traces, alignments and kernel distan
 record agree to 1e-5 relative (another device layout vmaps the training step over another number
 of members per device, which reassociates float32 sums); entropy and effective rank come from a
 float32 eigendecomposition whose own accuracy is ~1e-6..1e-5 relative (docs/spectrum.md), held
-to 1e-4; the eigenvector misalignment, a small difference of subspaces, to 1e-4 absolute.
+to 1e-4 for nine values in ten and to 1e-3 for all: a ReLU unit at its kink on an NTK sample
+(below) moves the small eigenvalues much more than the trace (seen: 4.6e-4 in `ntk_erank` of one
+width-512 member of 28 at one record on 4 devices, its trace equal to 1e-5); the eigenvector
+misalignment, a small difference of subspaces, to 1e-4 absolute.
 The NTK quantities at `k*` (`best_*` and the summaries taken from them: `T_star`, `trace_ratio`,
 `erank_star`, `kernel_distance_star`) are measured on the parameters of the best epoch, which
 need not be a record epoch: there a ReLU unit of one member can sit at its kink on an NTK sample,
@@ -55,6 +58,7 @@ def _run(workdir, *args, timeout=TIMEOUT):
 
 
 AT_K_STAR = ("T_star", "trace_ratio", "erank_star", "kernel_distance_star")
+SPECTRAL = ("ntk_entropy", "ntk_erank")
 
 
 def _close(a, b):
@@ -65,9 +69,10 @@ def _close(a, b):
         x, y = a[v].values, b[v].values
         assert np.array_equal(np.isnan(x), np.isnan(y)), v
         rtol, atol = RTOL.get(v, 1e-5), ATOL.get(v, 1e-7)
-        if v.startswith("best_") or v in AT_K_STAR:
-            ok = np.isnan(x) | (np.abs(x - y) <= atol + rtol * np.abs(y))
-            assert ok.mean() >= 0.9, (v, np.flatnonzero(~ok), x[~ok], y[~ok])
+        if v.startswith("best_") or v in AT_K_STAR or v in SPECTRAL:
+            fin = ~np.isnan(x)
+            ok = np.abs(x[fin] - y[fin]) <= atol + rtol * np.abs(y[fin])
+            assert ok.mean() >= 0.9, (v, x[fin][~ok], y[fin][~ok])
             rtol = 1e-3
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=v)
     np.testing.assert_array_equal(a["k_star"].values, b["k_star"].values)
