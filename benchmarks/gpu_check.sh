@@ -155,7 +155,7 @@ step_tests_gpu() {
   [[ $DRY == 1 ]] && k="test_pack_map_sequential or test_auto_dispatch or \
 test_resolve_and_argument_errors or test_bad_inputs_raise or test_identity"
   local frac
-  frac="$(awk -v n="$TEST_WORKERS" 'BEGIN { printf "%.2f", n > 0 ? 0.8 / n : 0.75 }')"
+  frac="$(awk -v n="$TEST_WORKERS" 'BEGIN { printf "%.2f", (n > 0 ? 0.8 / n : 0.75) }')"
   echo "JAX_PLATFORMS='${JAX_PLATFORMS:-}' JAX_DEFAULT_MATMUL_PRECISION=highest" \
     "XLA_PYTHON_CLIENT_MEM_FRACTION=$frac, $TEST_WORKERS workers"
   JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_MEM_FRACTION="$frac" \
