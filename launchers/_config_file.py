@@ -23,12 +23,19 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+class HelpRequested(Exception):  # noqa: N818 - not an error: `--help` was asked for
+    """`--help` on a command: the text to print (exit status 0)."""
+
+
 def parse(argv: list[str], define) -> flags.FlagValues:
     """Parse `argv` with the flags `define(fv)` declares; stray positional arguments are bad
     input (they are usually a missing `--` or `=`)."""
     fv = flags.FlagValues()
     try:
         define(fv)
+        if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+            raise HelpRequested(f"usage: {argv[0]} [--flag=value ...]\n\n"
+                                + fv.get_help(include_special_flags=False))
         rest = fv(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

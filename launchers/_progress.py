@@ -18,12 +18,17 @@ def fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _rate(r: float) -> str:
+    """Three significant digits for slow sweeps (0.304), thousands separators for fast ones."""
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
 def line(p: Progress) -> str:
     """The one-line form of a progress event."""
     left = p.member_epochs_total - p.member_epochs_done
     eta = fmt_time(left / p.rate) if p.rate > 0 else "?"
     return (f"pack {p.pack_index + 1}/{p.num_packs} (width<= {p.padded_width}, "
-            f"{p.num_members} members) epoch {p.epoch}/{p.epochs} | {p.rate:,.0f} "
+            f"{p.num_members} members) epoch {p.epoch}/{p.epochs} | {_rate(p.rate)} "
             f"member-epochs/s | ETA {eta}")
 
 

@@ -30,9 +30,13 @@ from absl import flags, logging
 
 from ntkbench._errors import EXIT_BAD_INPUT, Interrupted, NtkbenchError
 from ntkbench.launchers import _commands
-from ntkbench.launchers._config_file import UsageError
+from ntkbench.launchers._config_file import HelpRequested, UsageError
 
 COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "presets")
+USAGE = ("usage: ntkbench COMMAND [--flag=value ...]   (`ntkbench COMMAND --help` lists its flags)\n"
+         + __doc__.split("\n\n")[1] + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
+         "inconsistent or damaged, 70 hung, 74 a file could not be written, 75 interrupted "
+         "(rerun to resume).")
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -59,6 +63,9 @@ class _OwnInfoOnly(std_logging.Filter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 2 and argv[1] in ("--help", "-h", "help"):
+        print(USAGE)
+        return 0
     if len(argv) < 2 or argv[1] not in COMMANDS:
         given = argv[1] if len(argv) > 1 else ""
         return _fail(f"unknown command {given!r}; use one of: {', '.join(COMMANDS)} "
@@ -71,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
         return getattr(_commands, f"cmd_{command}")(rest)
+    except HelpRequested as e:
+        print(e)
+        return 0
     except UsageError as e:
         return _fail(str(e))
     except Interrupted as e:  # not an error: the run stopped where it was asked to

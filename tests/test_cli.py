@@ -78,3 +78,14 @@ def test_console_script_presets():
     out = subprocess.run([sys.executable, "-m", "ntkbench.launchers.cli", "presets"],
                          capture_output=True, text=True, check=True).stdout
     assert "quick" in out and "paper_model_scaling" in out
+
+
+def test_help_lists_commands_and_each_commands_flags(capsys):
+    assert main(["ntkbench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("run", "status", "report", "verify", "profile", "75"))
+    assert main(["ntkbench", "run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--workdir" in out and "--progress" in out and "--num_cpu_devices" in out
+    assert main(["ntkbench", "status", "-h"]) == 0
+    assert "--workdir" in capsys.readouterr().out
