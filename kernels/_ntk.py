@@ -13,17 +13,10 @@ from jaxtyping import Array, Float
 
 from . import _cost
 from ._common import MATMUL_PRECISION, check_inputs, out_size, split
-from ._hybrid import (
-    HybridPlan,
-    _example,
-    analyze_linears,
-    choose_rest,
-    describe,
-    diagonal_hybrid,
-    ntk_hybrid,
-)
+from ._hybrid import choose_rest, diagonal_hybrid, ntk_hybrid
 from ._implicit import ntk_implicit, ntk_vp_fn
 from ._jacobian import diagonal_jacobian, ntk_jacobian
+from ._linears import HybridPlan, _example, analyze_linears, describe
 from ._protocol import num_trainable, supports_structured
 from ._structured import LayerNTKs, diagonal_structured, layer_ntks_structured, ntk_structured
 
@@ -38,7 +31,7 @@ class NtkMethod(enum.Enum):
     - `STRUCTURED`: the dense-layer identity of docs/definitions.md §1 (`StructuredModel` protocol only);
       orders of magnitude faster for MLPs.
     - `HYBRID`: any model. The dense-layer identity for every `eqx.nn.Linear` the model calls
-      once per example at the top level of its forward pass (see `ntkbench.kernels._hybrid`),
+      once per example at the top level of its forward pass (see `ntkbench.kernels._linears`),
       the Jacobian or NTK-vector products for all other parameters (LayerNorms, convolutions,
       Linears applied per token under a vmap, ...).
     - `AUTO`: `STRUCTURED` if the model implements the protocol, else whichever of `JACOBIAN`,
@@ -118,7 +111,7 @@ def resolve_method(model, x1: Array, x2: Array | None = None, method="auto") -> 
     convolutional nets (`F >> O·P`) `JACOBIAN`. `explain_method` gives the numbers.
 
     Nothing is computed for protocol models or models without an `eqx.nn.Linear`; otherwise the
-    recognition runs the model once eagerly on zeros (`ntkbench.kernels._hybrid.analyze_linears`).
+    recognition runs the model once eagerly on zeros (`ntkbench.kernels._linears.analyze_linears`).
 
     Example:
         >>> from ntkbench.models import MLP
