@@ -183,7 +183,7 @@ def xla_step_flops(c, data, width: int) -> float:
 
 def main(argv):
     del argv
-    from ntkbench._profiling import matmul_peak
+    from ntkbench._timing import matmul_peak
 
     c = _config()
     data = load_dataset("digits")
