@@ -27,14 +27,15 @@ Methods (`SpectrumMethod`; measured numbers and commands in `docs/spectrum.md`):
 - `AUTO`: resolved from the explicit `platform` argument: `"cpu"` gives `HOST_LAPACK`, any other
   platform `EIGH`.
 
-The host path is in `ntkbench._host_lapack`, the device solvers of `EIGH` and `SUBSPACE` in
-`ntkbench._subspace`; this module chooses between them and assembles the `Spectrum`.
+The host path is in `ntkbench._host_lapack` (called from jit through `ntkbench._host_ffi`), the
+device solvers of `EIGH` and `SUBSPACE` in `ntkbench._subspace`; this module chooses between
+them and assembles the `Spectrum`.
 
 Batching (`vmap` over members). No method ever issues a batched LAPACK call on CPU: a batched
 `eigh` (or `qr`) inside a program running on several CPU devices of one process can deadlock,
 because jaxlib's LAPACK kernels hand the batch elements to XLA's intra-op thread pool and block
 the calling worker. `HOST_LAPACK` gets the whole batch in one host call (an XLA FFI handler on
-CPU, see `ntkbench._host_lapack`) and loops over it in Python; the call is batch-partitionable, so under
+CPU, see `ntkbench._host_ffi`) and loops over it in Python; the call is batch-partitionable, so under
 `jit` with the member axis sharded (GSPMD), and inside `shard_map`, each device runs it on its
 own members.
 `EIGH` and `SUBSPACE` run the members one after the other (a `lax.map`, via
@@ -60,7 +61,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ntkbench._host_lapack import _host_call
+from ntkbench._host_ffi import _host_call
 from ntkbench._subspace import _device_cosine, _eigh_top, _subspace_top
 from ntkbench.observables import entropy_from_eigenvalues as _entropy_from_eigenvalues
 
