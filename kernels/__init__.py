@@ -53,11 +53,11 @@ from ._products import structured_vp_fn as structured_vp_fn
 from ._protocol import StructuredModel as StructuredModel
 from ._protocol import supports_structured as supports_structured
 from ._slq import SpectralEstimate as SpectralEstimate
-from ._slq import TraceEstimate as TraceEstimate
 from ._slq import cosine_ntk_vp_fn as cosine_ntk_vp_fn
-from ._slq import hutchinson_trace as hutchinson_trace
-from ._slq import hutchpp_trace as hutchpp_trace
 from ._slq import lanczos as lanczos
 from ._slq import slq as slq
 from ._slq import slq_entropy as slq_entropy
 from ._structured import LayerNTKs as LayerNTKs
+from ._trace_estimators import TraceEstimate as TraceEstimate
+from ._trace_estimators import hutchinson_trace as hutchinson_trace
+from ._trace_estimators import hutchpp_trace as hutchpp_trace
