@@ -3,7 +3,7 @@
     python benchmarks/bench_kernels.py                      # widths 64 256 1024, N=128, 5 repeats
     python benchmarks/bench_kernels.py --widths 64 256 --repeats 3 --pack-size 20
 
-Columns are described in `ntkbench._profiling.COLUMNS`. Cases whose XLA memory estimate exceeds
+Columns are described in `ntkbench._timing.COLUMNS`. Cases whose XLA memory estimate exceeds
 the limit (default: 90% of accelerator memory, or half the host RAM) print "skipped (memory)".
 """
 
@@ -14,7 +14,8 @@ import json
 
 import jax
 
-from ntkbench._profiling import format_table, run_profile
+from ntkbench._profile_table import format_table
+from ntkbench._profiling import run_profile
 
 
 def main() -> None:

@@ -44,8 +44,9 @@ import optax
 
 from ntkbench import kernels
 from ntkbench._host_lapack import _host_cosine, host_eigenvalues_floor
+from ntkbench._obs_alignment import _misalignment_from_eigvecs
+from ntkbench._obs_spectral import _cosine_eigh
 from ntkbench._spectrum import cosine_spectrum, top_misalignment
-from ntkbench.observables import _cosine_eigh, _misalignment_from_eigvecs
 from ntkbench.models import MLP, stack
 from ntkbench.observables import spectral_record
 

@@ -35,12 +35,13 @@ from absl import app, flags
 
 import ntkbench
 from ntkbench._datasets import load_dataset
+from ntkbench._member_step import per_sample_loss
 from ntkbench._members import members as all_members
 from ntkbench._members import members_keys
 from ntkbench._pack import SweepData, build_data, build_models
 from ntkbench._planner import plan as plan_packs
 from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram, per_sample_loss
+from ntkbench._training import PackProgram
 from ntkbench.models import MLP
 
 _WIDTHS = flags.DEFINE_list("widths", ["8", "16", "32", "64", "128", "256"], "Widths.")
@@ -182,7 +183,7 @@ def xla_step_flops(c, data, width: int) -> float:
 
 def main(argv):
     del argv
-    from ntkbench._profiling import matmul_peak
+    from ntkbench._timing import matmul_peak
 
     c = _config()
     data = load_dataset("digits")

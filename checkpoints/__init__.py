@@ -5,6 +5,6 @@ The on-disk layout, what is saved, the async semantics and the multi-host rule a
 module.
 """
 
-from ._checkpointer import CheckpointCorruptError as CheckpointCorruptError
-from ._checkpointer import CheckpointMismatchError as CheckpointMismatchError
 from ._checkpointer import PackCheckpointer as PackCheckpointer
+from ._restore import CheckpointCorruptError as CheckpointCorruptError
+from ._restore import CheckpointMismatchError as CheckpointMismatchError

@@ -53,139 +53,37 @@ NamedSharding(mesh, P()))`); `save` rejects process-local leaves.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import gc
-import inspect
-import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from ._format import (
+    _META,
+    _META_FILE,
+    _STATE,
+    _TMP_MARKER,
+    _describe,
+    _is_leaf_array,
+    save_metadata,
+)
+from ._restore import (
+    CheckpointCorruptError,
+    _match_template,
+    _restore_target,
+    quarantine,
+    try_restore,
+)
+
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-_STATE = "state"
-_META = "meta"
-_CORRUPT_DIR = "corrupt"
-_TMP_MARKER = ".orbax-checkpoint-tmp"
-_STEP_METADATA = "_CHECKPOINT_METADATA"
-_META_FILE = "metadata"
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the template `like` (other key paths, shapes or dtypes)."""
-
-
-class CheckpointCorruptError(RuntimeError):
-    """Every checkpoint in a directory is unreadable, so none can be restored."""
-
-
-# ---------------------------------------------------------------------------------- helpers
-def _is_leaf_array(x) -> bool:
-    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
-
-
-def _is_key(dtype) -> bool:
-    return jnp.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
-    """Order-sensitive 32-bit hash of the bits of `x` (exact integer math, any sharding).
-
-    Each 32-bit word `w_i` (narrower dtypes are widened, 64-bit ones split) is mixed with its
-    index by a bijection, so changing any one word always changes the wrap-around sum.
-    """
-    if _is_key(x.dtype):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        x = jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
-    size = jnp.dtype(x.dtype).itemsize
-    if size == 8:
-        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
-    else:
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
-        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    words = words.reshape(-1)
-    index = jnp.arange(words.size, dtype=jnp.uint32)
-    h = (words ^ (index * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return jnp.sum(h ^ (h >> np.uint32(16)), dtype=jnp.uint32)
-
-
-@jax.jit
-def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
-    """The fingerprints of all leaves as one `(len(leaves),)` uint32 array (one transfer)."""
-    return jnp.stack([_leaf_fingerprint(x) for x in leaves])
-
-
-def _describe(tree) -> dict[str, dict[str, Any]]:
-    """`{key path: {"shape", "dtype"}}` of the array (or ShapeDtypeStruct) leaves of `tree`."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        out[jax.tree_util.keystr(path)] = {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
-    return out
-
-
-def _fingerprint_tree(tree) -> dict[str, int]:
-    """`{key path: fingerprint}`; one jitted call per set of devices the leaves live on."""
-    paths_leaves = jax.tree_util.tree_leaves_with_path(tree)
-    groups: dict[frozenset, list[int]] = {}
-    for i, (_, leaf) in enumerate(paths_leaves):
-        sharding = getattr(leaf, "sharding", None)  # None: a numpy leaf
-        devices = None if sharding is None else frozenset(d.id for d in sharding.device_set)
-        groups.setdefault(devices, []).append(i)
-    values: dict[int, int] = {}
-    for members in groups.values():
-        got = np.asarray(jax.device_get(_fingerprints([paths_leaves[i][1] for i in members])))
-        values.update({i: int(v) for i, v in zip(members, got.tolist(), strict=True)})
-    return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
-
-
-def _match_template(restored: jax.Array, template) -> jax.Array:
-    """Gives `restored` the template leaf's commitment and weak type, which Orbax drops.
-
-    An uncommitted template leaf (e.g. `jnp.asarray(0)`) comes back uncommitted, so that jit
-    may still place it beside arrays on a mesh; a weakly typed one comes back weakly typed, so
-    that dtype promotion, and hence the resumed run, is exactly as before the interruption.
-    """
-    if isinstance(template, jax.Array) and not template.committed:
-        if _is_key(restored.dtype):
-            data = jnp.asarray(jax.device_get(jax.random.key_data(restored)))
-            restored = jax.random.wrap_key_data(data, impl=jax.random.key_impl(restored))
-        else:
-            restored = jnp.asarray(jax.device_get(restored))
-    if not getattr(template, "weak_type", False) or restored.weak_type:
-        return restored
-    try:
-        from jax._src.lax.lax import _convert_element_type
-    except ImportError:  # pragma: no cover - a JAX that moved the helper
-        logger.warning("Could not restore the weak type of a %s leaf; make it strongly typed "
-                       "(e.g. `jnp.asarray(x, dtype)`) for exact resumption.", restored.dtype)
-        return restored
-    return _convert_element_type(restored, restored.dtype, weak_type=True)
-
-
-def _all_processes_agree(flag: bool) -> bool:
-    """True only if `flag` is True on every process (a collective when there are several)."""
-    if jax.process_count() == 1:
-        return flag
-    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
-    return bool(np.all(flags))
 
 
 def _agree_on_save(force: bool, due: bool, busy: bool) -> tuple[bool, bool, bool]:
@@ -196,62 +94,6 @@ def _agree_on_save(force: bool, due: bool, busy: bool) -> tuple[bool, bool, bool
     flags = np.asarray(multihost_utils.process_allgather(np.asarray([force, due, busy], np.int32)))
     flags = flags.reshape(jax.process_count(), 3)
     return bool(flags[:, 0].any()), bool(flags[0, 1]), bool(flags[:, 2].any())
-
-
-@contextlib.contextmanager
-def _sibling_read_failures_logged(grace_s: float = 1.0):
-    """Logs, rather than prints, the read failures of Orbax's sibling reads.
-
-    Orbax reads the arrays of a checkpoint concurrently (coroutines awaiting Tensorstore
-    futures) in an event loop that it closes as soon as the first read fails. That first
-    failure is raised to us and reported as the reason the checkpoint is skipped. The other
-    reads of the same damaged checkpoint fail too, but nobody retrieves them: Python would print
-    each as a traceback ("Exception ignored in <coroutine ...>", or "Event loop is closed" when a
-    Tensorstore read completes after the loop is gone). While the restore runs, and for
-    `grace_s` seconds after it failed (the in-flight reads of local files end within
-    milliseconds), those are logged at debug level instead. Anything else goes to the
-    previous hook.
-    """
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        obj, exc = unraisable.object, unraisable.exc_value
-        sibling = inspect.iscoroutine(obj) and "orbax" in obj.cr_code.co_filename
-        late = (obj is None and isinstance(exc, RuntimeError)
-                and "Event loop is closed" in str(exc))
-        if sibling or late:
-            logger.debug("A further read of the same checkpoint failed: %s", exc)
-        else:
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        if failed:
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline:
-                gc.collect()
-                time.sleep(0.05)
-        gc.collect()
-        sys.unraisablehook = previous
-
-
-def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
-    if isinstance(leaf, np.ndarray):
-        return leaf  # restored as a numpy array
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is None:
-        raise ValueError(
-            f"The template leaf at {jax.tree_util.keystr(path)} has no sharding, so there is no "
-            "device to restore it to. Build `like` from jax arrays (e.g. `program.init_state(...)`"
-            " placed with `eqx.filter_shard`), or give each ShapeDtypeStruct a `sharding=`."
-        )
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 # ---------------------------------------------------------------------------------- class
@@ -428,27 +270,8 @@ class PackCheckpointer:
                 f"Cannot save epoch {epoch} in {self._directory}: epoch {latest} is already saved."
                 " Resume with `restore_latest(like)` before training, and gate saves with "
                 "`should_save(epoch)`.")
-        extra = {} if extra is None else dict(extra)
-        try:
-            json.dumps(extra, allow_nan=True)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"`extra` must be JSON-serializable ({e}); convert arrays with `.tolist()` and "
-                "numpy scalars with `int()`/`float()`.") from e
         arrays = eqx.filter(state, eqx.is_array)
-        if jax.process_count() > 1:
-            local = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(arrays)
-                     if not isinstance(x, jax.Array) or x.is_fully_addressable]
-            if local:
-                raise ValueError(
-                    f"Leaves {', '.join(local[:6])} live on this process only, so Orbax cannot "
-                    "save them in a multi-process run. Place every leaf on the global mesh first, "
-                    "e.g. `eqx.filter_shard(x, NamedSharding(mesh, P()))` for scalars and "
-                    "replicated arrays.")
-        leaves = _describe(arrays)
-        for path, fp in _fingerprint_tree(arrays).items():
-            leaves[path]["fingerprint"] = fp
-        meta = {"format": FORMAT_VERSION, "epoch": epoch, "leaves": leaves, "extra": extra}
+        meta = save_metadata(epoch, arrays, extra)
         self._mngr.save(
             epoch,
             args=ocp.args.Composite(**{
@@ -501,7 +324,8 @@ class PackCheckpointer:
         expected = _describe(arrays_like)
         failures: list[tuple[int, str]] = []
         for epoch in sorted(self._mngr.all_steps(), reverse=True):
-            problem, meta, restored = self._try_restore(epoch, target, expected)
+            problem, meta, restored = try_restore(
+                self._reader, self._directory / str(epoch), target, expected)
             if problem is None:
                 self._quarantine([e for e, _ in failures])
                 self._last_save_time = self._clock()
@@ -518,60 +342,6 @@ class PackCheckpointer:
                 "files are damaged, move the directory away to restart this pack from scratch.")
         return None
 
-    def _try_restore(self, epoch: int, target, expected) -> tuple[str | None, dict, Any]:
-        """`(None, meta, arrays)`, or `(reason, {}, None)` when the checkpoint is corrupt.
-
-        Local reads alternate with agreements, so that every process takes the same branches
-        and enters the same collectives (the fingerprints of global arrays are one).
-        """
-        step_dir = self._directory / str(epoch)
-        problem, meta = None, {}
-        try:
-            json.loads((step_dir / _STEP_METADATA).read_text())
-        except Exception as e:  # noqa: BLE001 - any failure to read means "incomplete"
-            problem = f"step metadata {_STEP_METADATA} unreadable ({type(e).__name__}: {e})"
-        if problem is None:
-            try:
-                meta = json.loads((step_dir / _META / _META_FILE).read_text())
-                if not isinstance(meta.get("leaves"), dict):
-                    raise KeyError("leaves")
-            except Exception as e:  # noqa: BLE001
-                problem = f"metadata unreadable ({type(e).__name__}: {e})"
-        if not _all_processes_agree(problem is None):
-            return problem or "unreadable on another process", {}, None
-
-        saved = meta["leaves"]
-        if meta.get("format") != FORMAT_VERSION:
-            raise CheckpointMismatchError(
-                f"{step_dir} has checkpoint format {meta.get('format')!r}, this ntkbench reads "
-                f"{FORMAT_VERSION}; restore it with the ntkbench version that wrote it.")
-        shapes = {k: {"shape": v.get("shape"), "dtype": v.get("dtype")} for k, v in saved.items()}
-        if shapes != expected:
-            diff = sorted(set(map(str, shapes.items())) ^ set(map(str, expected.items())))
-            raise CheckpointMismatchError(
-                f"{step_dir} was saved from a different state than `like` (leaves that differ: "
-                f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}). Build `like` exactly "
-                "as the saved state was built (same config, pack and optimizer), or use a fresh "
-                "directory for the new configuration.")
-
-        restored = None
-        try:
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            with _sibling_read_failures_logged():
-                restored = self._reader.restore(
-                    step_dir / _STATE,
-                    args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
-        except Exception as e:  # noqa: BLE001
-            problem = f"arrays unreadable ({type(e).__name__}: {e})"
-        if not _all_processes_agree(problem is None):
-            return problem or "unreadable on another process", {}, None
-
-        got = _fingerprint_tree(restored)  # the same global values on every process
-        bad = [k for k, v in saved.items() if got.get(k) != v.get("fingerprint")]
-        if bad:
-            return f"fingerprint mismatch in {', '.join(bad[:6])}", {}, None
-        return None, meta, restored
-
     def discard_all(self) -> None:
         """Move every checkpoint of the directory to `corrupt/` (e.g. after `restore_latest`
         raised `CheckpointCorruptError`), so that the pack can restart from scratch."""
@@ -582,16 +352,5 @@ class PackCheckpointer:
         """Moves corrupt checkpoints to `corrupt/` so they are never listed or pruned again."""
         if not epochs:
             return
-        if jax.process_index() == 0:
-            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
-            dest_root = self._directory / _CORRUPT_DIR
-            dest_root.mkdir(parents=True, exist_ok=True)
-            for epoch in epochs:
-                src = self._directory / str(epoch)
-                if src.exists():
-                    dest = dest_root / f"{epoch}-{stamp}"
-                    src.rename(dest)
-                    logger.warning("Moved the corrupt checkpoint %s to %s.", src, dest)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"ntkbench_checkpoints_quarantine_{epochs}")
+        quarantine(self._directory, epochs)
         self._mngr.reload()

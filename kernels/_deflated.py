@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._common import HIGHEST
-from ._slq import TraceEstimate, _control_variate, _gauss_quadrature, _mean_stderr, lanczos
+from ._slq import _gauss_quadrature, lanczos
+from ._trace_estimators import TraceEstimate, _control_variate, _mean_stderr
 
 Matvec = Callable[[Array], Array]
 

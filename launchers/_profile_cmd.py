@@ -51,6 +51,7 @@ def profile(argv: list[str]) -> int:
         print(format_device_table(rows))
         return 0
     from ntkbench import _profiling as profiling
+    from ntkbench._profile_table import format_table
 
     if fv.config:
         from ntkbench.launchers._config_file import preset_or_file
@@ -73,5 +74,5 @@ def profile(argv: list[str]) -> int:
                                  key=jax.random.key(fv.seed),
                                  sequential=jax.default_backend() == "cpu",
                                  trace_dir=fv.trace_dir)
-    print(profiling.format_table(rows))
+    print(format_table(rows))
     return 0

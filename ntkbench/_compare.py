@@ -30,7 +30,7 @@ from ntkbench._analysis import replicate_axes, summarize, sweep_axes
 from ntkbench._compare_figs import Curve, Panel, draw_grid, fmt, mean_std
 from ntkbench._compare_md import FitRow, markdown
 from ntkbench._completeness import describe_incomplete, require_complete
-from ntkbench._fits import fit_broken_power_law, fit_power_law
+from ntkbench._power_laws import fit_broken_power_law, fit_power_law
 from ntkbench._schema import REPLICATE_AXES
 
 FIG2_QUANTITIES = (("min_test_loss", "min test loss"), ("T0", "T0 (NTK trace at init)"),

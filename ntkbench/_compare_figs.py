@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from ntkbench._fits import BrokenPowerLawFit, PowerLawFit
+from ntkbench._power_laws import BrokenPowerLawFit, PowerLawFit
 
 
 @dataclasses.dataclass(frozen=True)

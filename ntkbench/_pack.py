@@ -15,14 +15,15 @@ import numpy as np
 
 from ntkbench._config import SweepConfig
 from ntkbench._data import Dataset
-from ntkbench._noise import apply_noisy_replacement, draw_indices
 from ntkbench._family import ModelFamily
+from ntkbench._member_step import params_of
 from ntkbench._members import eval_set_key, members_keys, test_set_key
+from ntkbench._noise import apply_noisy_replacement, draw_indices
+from ntkbench._pack_state import SHARED, PackData
 from ntkbench._pipeline import MinibatchSchedule
 from ntkbench._placement import Placement
 from ntkbench._planner import Pack
 from ntkbench._recording import Recorder
-from ntkbench._training import SHARED, PackData, params_of
 from ntkbench.models import concat
 
 

@@ -14,15 +14,13 @@ docs/definitions.md §9-10) at each width and times, on `n` random inputs:
 
 Methods whose memory estimate exceeds the limit are reported as "skipped (memory)" and never run.
 
-`format_table(rows)` renders the rows; `benchmarks/bench_kernels.py` and the CLI print it.
+`format_table(rows)` (in `ntkbench._profile_table`) renders the rows; `benchmarks/bench_kernels.py`
+and the CLI print it. The timing of one case (`_measure`, `matmul_peak`, the row `COLUMNS`) is in
+`ntkbench._timing`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import statistics
-import time
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -31,165 +29,17 @@ import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from ntkbench import kernels
-from ntkbench.models import MLP
-
-COLUMNS = (
-    "width",
-    "case",
-    "status",
-    "time_s",
-    "ntk_per_s",
-    "gflop",
-    "gflop_per_s",
-    "frac_peak",
-    "mem_mib",
-    "device_peak_mib",
-    "speedup",
-    "note",
+from ntkbench._profile_table import format_table
+from ntkbench._timing import (
+    _flops,
+    _measure,
+    _median_time,
+    _memory_bytes,
+    _row,
+    default_memory_limit,
+    matmul_peak,
 )
-"""Keys of every row `run_profile` returns (missing values are None).
-
-- `case`: a method name, "trace", "pack_vmap", "pack_loop" or "matmul_peak".
-- `time_s`: median seconds per call; `ntk_per_s`: NTKs (or traces) per second.
-- `gflop`: XLA cost-analysis FLOPs of one call / 1e9; `gflop_per_s`: `gflop / time_s`.
-- `frac_peak`: `gflop_per_s` over the matmul rate of the same run.
-- `mem_mib`: XLA's memory estimate of the compiled program (arguments + outputs + temporaries),
-  available on every backend; it decides "skipped (memory)".
-- `device_peak_mib`: the device's `memory_stats()["peak_bytes_in_use"]` after the case, where
-  the backend reports it (GPUs, TPUs; None on CPU). It is a process-wide running maximum, so it
-  measures a case only when that case raised it above all earlier ones.
-- `speedup`: time of the reference case over this case (`jacobian` for methods, the full
-  structured NTK for `trace`, `pack_loop` for `pack_vmap`).
-"""
-
-
-def _median_time(fn, repeats: int, budget_s: float | None = None) -> tuple[float, int]:
-    """Median wall time of `fn()` over `repeats` calls after one warm-up call.
-
-    If the warm-up call shows that `repeats` calls would exceed `budget_s`, fewer are made
-    (at least one). Returns the median and the number of timed calls.
-    """
-    start = time.perf_counter()
-    jax.block_until_ready(fn())  # warm-up (compilation is done before)
-    first = time.perf_counter() - start
-    if budget_s is not None and first > 0:
-        repeats = min(repeats, max(1, int(budget_s / first)))
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
-
-
-def _flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend offers it
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else None
-    if not ca or "flops" not in ca:
-        return None
-    return float(ca["flops"])
-
-
-def _memory_bytes(compiled) -> int | None:
-    try:
-        ma = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
-        return None
-    if ma is None:
-        return None
-    return int(
-        ma.argument_size_in_bytes
-        + ma.output_size_in_bytes
-        + ma.temp_size_in_bytes
-        - ma.alias_size_in_bytes
-    )
-
-
-def _device_peak_bytes() -> int | None:
-    try:
-        stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001
-        return None
-    return None if not stats else stats.get("peak_bytes_in_use")
-
-
-def default_memory_limit() -> int:
-    """90% of the accelerator's memory (`memory_stats()["bytes_limit"]`), else a third of the
-    host RAM (XLA's estimate can be low, and a host is shared with the OS and other jobs)."""
-    dev = jax.devices()[0]
-    try:
-        stats = dev.memory_stats()
-    except Exception:  # noqa: BLE001
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return int(0.9 * stats["bytes_limit"])
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 3)
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
-
-
-def matmul_peak(size: int | None = None, repeats: int = 5) -> dict:
-    """Rate of a large float32 matmul at full precision: the reference for `frac_peak`."""
-    if size is None:
-        size = 2048 if jax.default_backend() == "cpu" else 8192
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    fn = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
-    compiled = fn.lower(a, b).compile()
-    t, _ = _median_time(lambda: compiled(a, b), repeats)
-    gflop = 2.0 * size**3 / 1e9
-    return _row(None, "matmul_peak", "ok", t, gflop=gflop, note=f"{size}x{size} f32 HIGHEST")
-
-
-def _row(width, case, status, t=None, *, gflop=None, mem=None, per_call=1, note=None) -> dict:
-    row = dict.fromkeys(COLUMNS)
-    row.update(width=width, case=case, status=status, note=note)
-    if t is not None:
-        row["time_s"] = t
-        row["ntk_per_s"] = per_call / t
-        if gflop is not None:
-            row["gflop"] = gflop
-            row["gflop_per_s"] = gflop / t
-    elif gflop is not None:
-        row["gflop"] = gflop
-    if mem is not None:
-        row["mem_mib"] = mem / 2**20
-    if t is not None:
-        peak = _device_peak_bytes()
-        row["device_peak_mib"] = None if peak is None else peak / 2**20
-    return row
-
-
-def _measure(
-    width, case, fn, args, repeats, limit, per_call=1, note=None, budget_s=None, flops=None
-) -> dict:
-    """Compile `fn(*args)`, skip it if XLA's memory estimate exceeds `limit`, else time it.
-
-    `flops` replaces XLA's count where that count is known to be short (XLA's cost analysis
-    counts the body of a loop once).
-    """
-    compiled = jax.jit(fn).lower(*args).compile()
-    flops = _flops(compiled) if flops is None else flops
-    mem = _memory_bytes(compiled)
-    gflop = None if flops is None else flops / 1e9
-    if mem is not None and mem > limit:
-        return _row(
-            width,
-            case,
-            "skipped (memory)",
-            gflop=gflop,
-            mem=mem,
-            note=f"estimate {mem / 2**30:.1f} GiB > limit {limit / 2**30:.1f} GiB",
-        )
-    t, calls = _median_time(lambda: compiled(*args), repeats, budget_s)
-    if calls < repeats:
-        note = ((note + "; ") if note else "") + f"{calls} timed call(s) (time budget)"
-    return _row(width, case, "ok", t, gflop=gflop, mem=mem, per_call=per_call, note=note)
+from ntkbench.models import MLP
 
 
 def _neural_tangents_row(width, model, x, repeats, limit) -> dict:
@@ -273,50 +123,13 @@ def run_profile(
         kw = jax.random.fold_in(kmodels, width)
         model = MLP(in_size, out_size, width, depth, key=kw)
         params, static = eqx.partition(model, eqx.is_array)
-        width_rows = {}
-        for method in methods:
-
-            def full(p, xb, method=method, static=static):
-                return kernels.ntk(eqx.combine(p, static), xb, method=method)
-
-            width_rows[method] = _measure(
-                width, method, full, (params, x), repeats, limit, budget_s=time_budget_s
-            )
-        ref = width_rows.get("jacobian")
-        for method, row in width_rows.items():
-            if ref is not None and ref["time_s"] and row["time_s"]:
-                row["speedup"] = ref["time_s"] / row["time_s"]
-            rows.append(row)
-
-        # The docs/definitions.md §2 trace from the diagonal, against the full structured NTK.
-        def trace(p, xb, static=static):
-            return kernels.ntk_trace(eqx.combine(p, static), xb)
-
-        def structured(p, xb, static=static):
-            return kernels.ntk(eqx.combine(p, static), xb, method="structured")
-
-        srow = width_rows.get("structured") or _measure(
-            width, "structured", structured, (params, x), repeats, limit
-        )
-        trow = _measure(
-            width,
-            "trace",
-            trace,
-            (params, x),
-            repeats,
-            limit,
-            note="ntk_trace vs full structured NTK",
-        )
-        if srow["time_s"] and trow["time_s"]:
-            trow["speedup"] = srow["time_s"] / trow["time_s"]
-        rows.append(trow)
-
+        width_rows = _method_rows(width, params, static, x, methods, repeats, limit,
+                                  time_budget_s)
+        rows.extend(width_rows.values())
+        rows.append(_trace_row(width, params, static, x, width_rows.get("structured"), repeats,
+                               limit))
         if trace_dir:
-            jitted = jax.jit(structured)
-            jax.block_until_ready(jitted(params, x))
-            jax.profiler.start_trace(trace_dir)
-            jax.block_until_ready(jitted(params, x))
-            jax.profiler.stop_trace()
+            _profiler_trace(params, static, x, trace_dir)
         if pack_size:
             rows.extend(
                 _pack_rows(
@@ -336,6 +149,63 @@ def run_profile(
         if row["gflop_per_s"] is not None and peak["gflop_per_s"]:
             row["frac_peak"] = row["gflop_per_s"] / peak["gflop_per_s"]
     return rows
+
+
+def _method_rows(width, params, static, x, methods, repeats, limit, budget_s) -> dict[str, dict]:
+    """One row per NTK method, in the order of `methods`, with its speedup over `jacobian`."""
+    width_rows = {}
+    for method in methods:
+
+        def full(p, xb, method=method, static=static):
+            return kernels.ntk(eqx.combine(p, static), xb, method=method)
+
+        width_rows[method] = _measure(
+            width, method, full, (params, x), repeats, limit, budget_s=budget_s
+        )
+    ref = width_rows.get("jacobian")
+    for row in width_rows.values():
+        if ref is not None and ref["time_s"] and row["time_s"]:
+            row["speedup"] = ref["time_s"] / row["time_s"]
+    return width_rows
+
+
+def _structured_fn(static):
+    def structured(p, xb):
+        return kernels.ntk(eqx.combine(p, static), xb, method="structured")
+
+    return structured
+
+
+def _trace_row(width, params, static, x, srow, repeats, limit) -> dict:
+    """The docs/definitions.md §2 trace from the diagonal, against the full structured NTK
+    (`srow`, the structured method's row, is timed here when the methods did not include it)."""
+
+    def trace(p, xb, static=static):
+        return kernels.ntk_trace(eqx.combine(p, static), xb)
+
+    srow = srow or _measure(width, "structured", _structured_fn(static), (params, x), repeats,
+                            limit)
+    trow = _measure(
+        width,
+        "trace",
+        trace,
+        (params, x),
+        repeats,
+        limit,
+        note="ntk_trace vs full structured NTK",
+    )
+    if srow["time_s"] and trow["time_s"]:
+        trow["speedup"] = srow["time_s"] / trow["time_s"]
+    return trow
+
+
+def _profiler_trace(params, static, x, trace_dir: str) -> None:
+    """A `jax.profiler` trace of one structured NTK (compiled and run once before)."""
+    jitted = jax.jit(_structured_fn(static))
+    jax.block_until_ready(jitted(params, x))
+    jax.profiler.start_trace(trace_dir)
+    jax.block_until_ready(jitted(params, x))
+    jax.profiler.stop_trace()
 
 
 def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repeats, limit,
@@ -387,62 +257,6 @@ def _pack_rows(width, key, static, x, in_size, out_size, depth, pack_size, repea
     if vrow["time_s"]:
         vrow["speedup"] = t / vrow["time_s"]
     return [vrow, lrow]
-
-
-def _fmt(value, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
-    return format(value, spec)
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    """Render `run_profile` rows as an aligned text table (one line per row).
-
-    Example:
-        >>> format_table([]).splitlines()[0].split()[:3]
-        ['width', 'case', 'status']
-    """
-    header = (
-        "width",
-        "case",
-        "status",
-        "time [s]",
-        "NTK/s",
-        "GFLOP",
-        "GFLOP/s",
-        "%peak",
-        "mem [MiB]",
-        "dev peak [MiB]",
-        "speedup",
-        "note",
-    )
-    lines = [header]
-    for r in rows:
-        lines.append(
-            (
-                _fmt(r.get("width"), "d"),
-                str(r.get("case")),
-                str(r.get("status")),
-                _fmt(r.get("time_s"), ".4g"),
-                _fmt(r.get("ntk_per_s"), ".4g"),
-                _fmt(r.get("gflop"), ".4g"),
-                _fmt(r.get("gflop_per_s"), ".4g"),
-                _fmt(None if r.get("frac_peak") is None else 100 * r["frac_peak"], ".0f"),
-                _fmt(r.get("mem_mib"), ".1f"),
-                _fmt(r.get("device_peak_mib"), ".1f"),
-                _fmt(r.get("speedup"), ".3g"),
-                r.get("note") or "",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for j, line in enumerate(lines):
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        if j == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def profile_model(model_fn, config, *, n: int = 128, repeats: int = 3, key: PRNGKeyArray,

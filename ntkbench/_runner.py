@@ -157,56 +157,79 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
             schedule.seek(epoch)  # the order is a function of (member, epoch): no state
         ctx.status(pack.pack_id, status="running", started=status.get("started", time.time()),
                    epochs_done=epoch)
-        saves, chunk = 0, 0
-        while epoch < cfg.epochs:
-            steps = min(cfg.chunk_epochs - epoch % cfg.chunk_epochs, cfg.epochs - epoch)
-            batches = None
-            if schedule is not None:  # member axis first, placed like the members
-                batches = ctx.placement.members(np.swapaxes(schedule.next_chunk(steps), 0, 1))
-            ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
-            state, out = ctx.program.train_chunk(data, state, steps, batches)
-            out = jax.block_until_ready(out)
-            ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
-            _write(ctx, indices, epoch, out, state.diverged, epoch + steps - 1, real)
-            epoch += steps
-            chunk += 1
-            ctx.done += real * steps
-            ctx.trained += real * steps
-            stop = ctx.stop()
-            if ckpt.should_save(epoch, force=stop):
-                ckpt.save(epoch, state)
-                saves += 1
-                ctx.status(pack.pack_id, last_checkpoint_epoch=epoch,
-                           last_checkpoint_time=time.time())
-            ctx.status(pack.pack_id, epochs_done=epoch)
-            _report(ctx, pack, i, n, epoch, "train")
-            if stop:
-                ckpt.wait()
-                ctx.status(pack.pack_id, status="interrupted")
-                raise Interrupted(f"interrupted at epoch {epoch} of pack {pack.pack_id}; the "
-                                  "checkpoint is written. Rerun the same command to resume.")
-        ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
-        final, members, snaps = jax.block_until_ready(ctx.program.finish(data, state))
-        ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
-        for rows, values in Placement.local_rows(final, 0, real):
-            ctx.store.write_records([indices[j] for j in rows], cfg.epochs,
-                                    {k: v[None] for k, v in values.items()})
-        _write_members(ctx, indices, {**members, **{f"snapshot_{k}": v for k, v in
-                                                     snaps.items()}}, real)
-        for rows, div in Placement.local_rows(state.diverged, 0, real):
-            ctx.store.commit([indices[j] for j in rows], cfg.epochs, div)
-        ckpt.wait()
-        if saves or ckpt.postponed:
-            ctx.hooks.log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
-                          f"{ckpt.blocked_seconds:.2f}s by them; {ckpt.postponed} due one(s) "
-                          "postponed (the previous one still writing, or checkpoint_max_overhead "
-                          "reached)")
+        state, saves, chunk = _train_chunks(ctx, ckpt, pack, i, n, data, state, epoch, schedule,
+                                            indices)
+        _finish_pack(ctx, ckpt, pack, data, state, indices, chunk, saves)
     ctx.sync(f"ntkbench-pack-{pack.pack_id}-done")
     if ctx.primary:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the results are complete: free the disk
     ctx.status(pack.pack_id, status="done", finished=time.time(), epochs_done=cfg.epochs,
                seconds=time.perf_counter() - t_pack)
     _report(ctx, pack, i, n, cfg.epochs, "done")
+
+
+def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, state, epoch: int,
+                  schedule, indices):
+    """Train `pack` (the `i`-th of `n`) from `epoch` to the last epoch chunk by chunk, writing
+    and committing each chunk's records, checkpointing when due and reporting progress. On a
+    stop request the state is checkpointed and `Interrupted` raised.
+
+    Returns:
+        `(state, saves, chunk)`: the trained state, checkpoints written, chunks run.
+    """
+    cfg, real = ctx.config, pack.num_members
+    saves, chunk = 0, 0
+    while epoch < cfg.epochs:
+        steps = min(cfg.chunk_epochs - epoch % cfg.chunk_epochs, cfg.epochs - epoch)
+        batches = None
+        if schedule is not None:  # member axis first, placed like the members
+            batches = ctx.placement.members(np.swapaxes(schedule.next_chunk(steps), 0, 1))
+        ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
+        state, out = ctx.program.train_chunk(data, state, steps, batches)
+        out = jax.block_until_ready(out)
+        ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
+        _write(ctx, indices, epoch, out, state.diverged, epoch + steps - 1, real)
+        epoch += steps
+        chunk += 1
+        ctx.done += real * steps
+        ctx.trained += real * steps
+        stop = ctx.stop()
+        if ckpt.should_save(epoch, force=stop):
+            ckpt.save(epoch, state)
+            saves += 1
+            ctx.status(pack.pack_id, last_checkpoint_epoch=epoch,
+                       last_checkpoint_time=time.time())
+        ctx.status(pack.pack_id, epochs_done=epoch)
+        _report(ctx, pack, i, n, epoch, "train")
+        if stop:
+            ckpt.wait()
+            ctx.status(pack.pack_id, status="interrupted")
+            raise Interrupted(f"interrupted at epoch {epoch} of pack {pack.pack_id}; the "
+                              "checkpoint is written. Rerun the same command to resume.")
+    return state, saves, chunk
+
+
+def _finish_pack(ctx: PackContext, ckpt, pack: Pack, data, state, indices, chunk: int,
+                 saves: int) -> None:
+    """The final records and the member results (`k*`, the quantities at `k*`, snapshots),
+    written and committed; then the last checkpoint is waited for and its cost logged."""
+    cfg, real = ctx.config, pack.num_members
+    ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
+    final, members, snaps = jax.block_until_ready(ctx.program.finish(data, state))
+    ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
+    for rows, values in Placement.local_rows(final, 0, real):
+        ctx.store.write_records([indices[j] for j in rows], cfg.epochs,
+                                {k: v[None] for k, v in values.items()})
+    _write_members(ctx, indices, {**members, **{f"snapshot_{k}": v for k, v in
+                                                 snaps.items()}}, real)
+    for rows, div in Placement.local_rows(state.diverged, 0, real):
+        ctx.store.commit([indices[j] for j in rows], cfg.epochs, div)
+    ckpt.wait()
+    if saves or ckpt.postponed:
+        ctx.hooks.log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
+                      f"{ckpt.blocked_seconds:.2f}s by them; {ckpt.postponed} due one(s) "
+                      "postponed (the previous one still writing, or checkpoint_max_overhead "
+                      "reached)")
 
 
 def _restore(ctx: PackContext, ckpt, pack: Pack, state):

@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ntkbench._figures import Plan, facet_name, has, mean_std
-from ntkbench._fits import fit_broken_power_law, fit_power_law
 from ntkbench._plot import band, colors, finite_xy, fmt, quiet, save, sweep_xticks, widen_log_y
+from ntkbench._power_laws import fit_broken_power_law, fit_power_law
 
 SCALING_VARIABLES = (
     ("min_test_loss", "min test loss"),

@@ -27,11 +27,15 @@ Methods (`SpectrumMethod`; measured numbers and commands in `docs/spectrum.md`):
 - `AUTO`: resolved from the explicit `platform` argument: `"cpu"` gives `HOST_LAPACK`, any other
   platform `EIGH`.
 
+The host path is in `ntkbench._host_lapack` (called from jit through `ntkbench._host_ffi`), the
+device solvers of `EIGH` and `SUBSPACE` in `ntkbench._subspace`; this module chooses between
+them and assembles the `Spectrum`.
+
 Batching (`vmap` over members). No method ever issues a batched LAPACK call on CPU: a batched
 `eigh` (or `qr`) inside a program running on several CPU devices of one process can deadlock,
 because jaxlib's LAPACK kernels hand the batch elements to XLA's intra-op thread pool and block
 the calling worker. `HOST_LAPACK` gets the whole batch in one host call (an XLA FFI handler on
-CPU, see `ntkbench._host_lapack`) and loops over it in Python; the call is batch-partitionable, so under
+CPU, see `ntkbench._host_ffi`) and loops over it in Python; the call is batch-partitionable, so under
 `jit` with the member axis sharded (GSPMD), and inside `shard_map`, each device runs it on its
 own members.
 `EIGH` and `SUBSPACE` run the members one after the other (a `lax.map`, via
@@ -57,8 +61,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ntkbench._host_lapack import _host_call
-from ntkbench.observables import cosine_normalize
+from ntkbench._host_ffi import _host_call
+from ntkbench._subspace import _device_cosine, _eigh_top, _subspace_top
 from ntkbench.observables import entropy_from_eigenvalues as _entropy_from_eigenvalues
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -132,78 +136,6 @@ def resolve_spectrum_method(method: str | SpectrumMethod, platform: str | None) 
             "jax.default_backend(), or the mesh devices' .platform), or choose a method."
         )
     return SpectrumMethod.HOST_LAPACK if platform.lower() == "cpu" else SpectrumMethod.EIGH
-
-
-# --------------------------------------------------------------------------------------------
-# Device paths: full eigh, and the warm-started Chebyshev-filtered subspace iteration.
-# --------------------------------------------------------------------------------------------
-
-
-def _device_cosine(K: Array, dt) -> Array:
-    theta = cosine_normalize(K.astype(dt))
-    return 0.5 * (theta + theta.T)
-
-
-def _eigh_top(theta: Array, k: int) -> tuple[Array, Array]:
-    vecs, vals = lax.linalg.eigh(theta, symmetrize_input=False)
-    return vals, vecs[:, ::-1][:, :k]
-
-
-def _rayleigh_ritz(theta: Array, y: Array):
-    """Orthonormalize `y`, project: Ritz vectors `x`, `Θ̃x` and Ritz values, descending."""
-    q, _ = jnp.linalg.qr(y)
-    aq = jnp.dot(theta, q, precision=_HIGHEST)
-    h = jnp.dot(q.T, aq, precision=_HIGHEST)
-    ritz, s = jnp.linalg.eigh(0.5 * (h + h.T))
-    ritz, s = ritz[::-1], s[:, ::-1]
-    return jnp.dot(q, s, precision=_HIGHEST), jnp.dot(aq, s, precision=_HIGHEST), ritz
-
-
-def _chebyshev(theta, x, ax, degree, low, high, top):
-    """Degree-`degree` Chebyshev filter of `x` damping `[low, high]`, scaled to ~1 at `top`.
-
-    The scaled three-term recurrence of Zhou and Saad; `ax = Θ̃x` is given (saves one product).
-    """
-    tiny = jnp.finfo(x.dtype).eps * jnp.maximum(jnp.abs(top), 1.0)
-    half = jnp.maximum(0.5 * (high - low), tiny)
-    centre = 0.5 * (high + low)
-    sigma = half / jnp.maximum(top - centre, tiny)
-    tau = 2.0 / sigma
-    y = (ax - centre * x) * (sigma / half)
-
-    def step(_, state):
-        x, y, sigma = state
-        sigma_new = 1.0 / (tau - sigma)
-        ay = jnp.dot(theta, y, precision=_HIGHEST)
-        y_new = (ay - centre * y) * (2.0 * sigma_new / half) - (sigma * sigma_new) * x
-        return y, y_new, sigma_new
-
-    return lax.fori_loop(1, degree, step, (x, y, sigma))[1]
-
-
-def _subspace_top(theta, lam, start, num_tested, k, tol, max_iterations, degree):
-    """Top-`k` eigenvectors of `theta` from `start`; returns vectors, iterations, residual, ok."""
-    m = theta.shape[0]
-    top = lam[-1]
-    scale = jnp.maximum(jnp.abs(top), jnp.finfo(theta.dtype).tiny)
-    high = lam[m - k - 1] if k < m else lam[0]
-    tested = jnp.arange(k) < num_tested
-
-    def residual(x, ax, ritz):
-        r = jnp.linalg.norm(ax - x * ritz[None, :], axis=0) / scale
-        return jnp.max(jnp.where(tested, r, 0.0))
-
-    def body(state):
-        x, ax, ritz, it, _ = state
-        x, ax, ritz = _rayleigh_ritz(theta, _chebyshev(theta, x, ax, degree, lam[0], high, top))
-        return x, ax, ritz, it + 1, residual(x, ax, ritz)
-
-    def cond(state):
-        return (state[4] > tol) & (state[3] < max_iterations)
-
-    x, ax, ritz = _rayleigh_ritz(theta, start)
-    x, ax, ritz, it, res = lax.while_loop(cond, body, (x, ax, ritz, 0, residual(x, ax, ritz)))
-    return x, it, res, res <= tol
 
 
 def _device_spectrum(K, prev_vectors, prev_erank, *, k, method, dt, out_dt, tol, max_iterations,

@@ -15,119 +15,41 @@ state every epoch. The other members are unaffected: every operation is per memb
 
 With a mesh, every program runs under `jax.shard_map` over the member axis: each device runs the
 program of its own members. Members are independent, so there is no communication at all.
+
+The per-member pieces (losses, gradients, test metrics, the optimizer step) are in
+`_member_step.py`, the pack's inputs and state in `_pack_state.py`; this module holds the pack
+program: sharding over the mesh, the epoch, the chunk scan and the final records.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import PartitionSpec as P
-from jaxtyping import Array, Bool, Float, Int
 
 from ntkbench._config import SweepConfig
+from ntkbench._member_step import (
+    apply_updates,
+    evaluate_member,
+    grads_member,
+    lin_member_loss,
+    linearized,
+    make_optimizer,
+    member_inputs,
+    member_loss,
+    params_of,
+    where_members,
+)
+from ntkbench._pack_state import SHARED, Best, PackData, PackState
 from ntkbench._recording import Recorder
 from ntkbench._schema import LINEARIZED, TEST_METRICS
 
 
-class PackData(NamedTuple):
-    """Device inputs of a pack; never checkpointed (rebuilt identically on resume).
-
-    Fields in `SHARED` are the same for every member (replicated over a mesh); the others have
-    a leading member axis.
-    """
-
-    x: Float[Array, "n_all d"]  # the whole training split, flattened
-    y: Int[Array, " n_all"]
-    idx: Int[Array, "m n"]  # per-member training samples (padded slots point anywhere)
-    weight: Float[Array, "m n"]  # 1/n_member on real samples, 0 on padding
-    x_member: Float[Array, "m n d"] | None  # per-member inputs (noise axis), else None
-    x_eval: Float[Array, "c b d"]  # the evaluation split, in chunks of `eval_batch`
-    y_eval: Int[Array, "c b"]
-    w_eval: Float[Array, "c b"]  # 1/n_eval on real samples, 0 on padding
-    x_ntk: Float[Array, "t d"]  # the NTK samples (draw-major)
-    y_ntk: Int[Array, " t"]
-    eval_epochs: Bool[Array, " e"]  # whether record k is evaluated
-    ntk_epochs: Bool[Array, " e"]  # whether record k has an NTK
-    init: Any  # trainable parameters at initialization (linearized model), or None
-    record: Any  # per-member constants of the NTK record (`Recorder.prepare`), or None
-
-
-SHARED = ("x", "y", "x_eval", "y_eval", "w_eval", "x_ntk", "y_ntk", "eval_epochs", "ntk_epochs")
-
-
-class Best(NamedTuple):
-    """Each member at its lowest test loss so far (the first one on ties: the exact `k*`)."""
-
-    params: Any
-    lin_params: Any
-    loss: Float[Array, " m"]
-    epoch: Int[Array, " m"]
-
-
-class PackState(eqx.Module):
-    """Everything that changes during training (checkpointed as its array leaves)."""
-
-    model: eqx.Module  # stacked members; inexact leaves are the trainable parameters
-    opt_state: Any
-    diverged: Bool[Array, " m"]
-    epoch: Int[Array, ""]
-    best: Best
-    lin_params: Any  # the linearized model's parameters (`linearized=True`), else None
-    lin_opt_state: Any
-    record: Any  # carry of the NTK record step, or None
-
-
-def make_optimizer(config: SweepConfig) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        return optax.adam(config.lr, b1=config.b1, b2=config.b2)
-    return optax.sgd(config.lr, momentum=config.momentum or None)
-
-
-def per_sample_loss(kind: str, logits: Array, labels: Array) -> Array:
-    """Cross-entropy, or MSE as `½‖f − onehot(y)‖²`, per sample."""
-    if kind == "cross_entropy":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return 0.5 * jnp.sum((logits - onehot) ** 2, axis=-1)
-
-
-def params_of(model):
-    """The trainable parameters of a model (its inexact array leaves; None elsewhere)."""
-    return eqx.filter(model, eqx.is_inexact_array)
-
-
-def _all_finite(tree) -> Array:
-    """One fused reduction: the sum of squares is finite iff every element is (or overflows,
-    which at float32 means |x| > 1e19: a divergence all the same)."""
-    return jnp.isfinite(optax.tree_utils.tree_norm(tree, squared=True))
-
-
-def where_members(flag: Bool[Array, " m"], new, old):
-    """Per member: the leaves of `new` where `flag`, else those of `old` (member axis first)."""
-    return jax.tree.map(
-        lambda a, b: jnp.where(flag.reshape(flag.shape + (1,) * (a.ndim - 1)), a, b), new, old)
-
-
 def _nan(shape_tree):
     return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape_tree)
-
-
-def linearized(model, init_params):
-    """`(params, x) ↦ f_lin(x; params) = f(x; θ0) + J(x; θ0)(params − θ0)` for one member, on a
-    batch `x`; `θ0 = init_params` (docs/definitions.md, "laziness")."""
-    static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
-
-    def apply(params, x):
-        f = lambda p: jax.vmap(eqx.combine(p, static))(x)
-        tangent = jax.tree.map(jnp.subtract, params, init_params)
-        f0, df = jax.jvp(f, (init_params,), (tangent,))
-        return f0 + df
-
-    return apply
 
 
 def _member_specs(tree, axis):
@@ -185,96 +107,22 @@ class PackProgram:
                                out_specs=out_specs(shapes, axis), check_vma=False)
         return eqx.combine(mapped(*arrays), holder["static"])
 
-    # ------------------------------------------------------------------ one member
-    def _loss(self, model, x, y, w):
-        logits = jax.vmap(model)(x)
-        return jnp.sum(w * per_sample_loss(self.config.loss, logits, y)), logits
-
-    def _lin_loss(self, params, apply, x, y, w):
-        logits = apply(params, x)
-        return jnp.sum(w * per_sample_loss(self.config.loss, logits, y)), logits
-
-    def _inputs(self, data: PackData, m_idx, m_x, sel):
-        x = data.x[m_idx[sel]] if m_x is None else m_x[sel]
-        return x, data.y[m_idx[sel]]
-
-    def _eval_metrics(self, logits_fn, data: PackData):
-        """Test loss and accuracy on the evaluation split, `eval_batch` samples at a time."""
-
-        def chunk(carry, xs):
-            x, y, w = xs
-            logits = logits_fn(x)
-            loss = jnp.sum(w * per_sample_loss(self.config.loss, logits, y))
-            acc = jnp.sum(w * (jnp.argmax(logits, -1) == y))
-            return (carry[0] + loss, carry[1] + acc), None
-
-        zero = jnp.zeros((), data.x_eval.dtype)
-        (loss, acc), _ = jax.lax.scan(chunk, (zero, zero), (data.x_eval, data.y_eval,
-                                                            data.w_eval))
-        return loss, acc
-
-    def _evaluate_member(self, model, lin_params, init, data: PackData):
-        """Test metrics of one member (and of its linearized model, with the output gap)."""
-        loss, acc = self._eval_metrics(jax.vmap(model), data)
-        out = {"test_loss": loss, "test_accuracy": acc}
-        if self.config.linearized:
-            apply = linearized(model, init)
-            out["lin_test_loss"], _ = self._eval_metrics(lambda x: apply(lin_params, x), data)
-            f = jax.vmap(model)(data.x_ntk)
-            f_lin = apply(lin_params, data.x_ntk)
-            out["lin_output_gap"] = jnp.sum((f - f_lin) ** 2) / jnp.sum(f**2)
-        return out
-
-    def _grads_member(self, model, lin_params, init, data, m_idx, m_x, sel, w):
-        """Loss, accuracy and gradients of one member (and of its linearized model) on the
-        samples `sel` (positions into the member's training set) with weights `w`."""
-        x, y = self._inputs(data, m_idx, m_x, sel)
-        (loss, logits), g = eqx.filter_value_and_grad(self._loss, has_aux=True)(model, x, y, w)
-        out = {"train_loss": loss, "train_accuracy": jnp.sum(w * (jnp.argmax(logits, -1) == y))}
-        lin_g = None
-        if self.config.linearized:
-            apply = linearized(model, init)
-            (out["lin_train_loss"], _), lin_g = jax.value_and_grad(
-                lambda p: self._lin_loss(p, apply, x, y, w), has_aux=True)(lin_params)
-        return out, g, lin_g, jnp.isfinite(loss) & _all_finite(g)
-
-    def _apply(self, model, opt_state, grads, lin_params, lin_opt, lin_grads):
-        """The optimizer step of every member, one member at a time (`lax.map`).
-
-        Elementwise, so mapping costs nothing measurable; it makes each member's arithmetic
-        independent of how many members share its device: batched over members, XLA rewrites
-        Adam's per-member bias correction `m / c` into `m * (1 / c)` in some programs and not
-        in others, which differ by an ulp and, through ReLU kinks, in the NTK.
-        """
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-
-        def one(t):
-            p, o, g, lp, lo, lg = t
-            upd, o = self.optim.update(g, o, p)
-            p = optax.apply_updates(p, upd)
-            if lp is not None:
-                lupd, lo = self.optim.update(lg, lo, lp)
-                lp = optax.apply_updates(lp, lupd)
-            return p, o, lp, lo
-
-        p, o, lp, lo = jax.lax.map(one, (params, opt_state, grads, lin_params, lin_opt,
-                                         lin_grads))
-        return eqx.combine(p, static), o, lp, lo
-
+    # ------------------------------------------------------------------ one epoch
     def _update(self, st: PackState, data: PackData, batches):
         """One epoch of updates of every member: the new model, optimizer states and linearized
         model, the training metrics of the state before the epoch, and which members stayed
         finite. `batches` `(m, steps, B)`: positions into each member's samples (-1 = padding)
         from `ntkbench._pipeline`'s schedule; None for full batch."""
         def grads(sel_axis):
-            return eqx.filter_vmap(self._grads_member,
+            return eqx.filter_vmap(functools.partial(grads_member, self.config),
                                    in_axes=(0, 0, 0, None, 0, 0, sel_axis, 0))
 
+        apply = functools.partial(apply_updates, self.optim)
         if batches is None:  # full batch: the metrics come from the gradient's forward pass
             metrics, g, lg, ok = grads(None)(st.model, st.lin_params, data.init, data,
                                              data.idx, data.x_member, slice(None), data.weight)
-            return (*self._apply(st.model, st.opt_state, g, st.lin_params, st.lin_opt_state,
-                                 lg), metrics, ok)
+            return (*apply(st.model, st.opt_state, g, st.lin_params, st.lin_opt_state, lg),
+                    metrics, ok)
         metrics, _, _, ok = grads(None)(st.model, st.lin_params, data.init, data, data.idx,
                                         data.x_member, slice(None), data.weight)
 
@@ -284,7 +132,7 @@ class PackProgram:
             w = valid / jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1)
             _, g, lg, fine = grads(0)(model, lp, data.init, data, data.idx, data.x_member,
                                       jnp.where(valid, sel, 0), w)
-            return (*self._apply(model, opt, g, lp, lo, lg), ok & fine), None
+            return (*apply(model, opt, g, lp, lo, lg), ok & fine), None
 
         carry = (st.model, st.opt_state, st.lin_params, st.lin_opt_state, ok)
         (model, opt, lp, lo, ok), _ = jax.lax.scan(step, carry, jnp.swapaxes(batches, 0, 1))
@@ -297,7 +145,7 @@ class PackProgram:
         m = state.diverged.shape[0]
 
         def run(_):
-            fn = lambda mdl, lp, init: self._evaluate_member(mdl, lp, init, data)
+            fn = lambda mdl, lp, init: evaluate_member(self.config, mdl, lp, init, data)
             return eqx.filter_vmap(fn)(state.model, state.lin_params, data.init)
 
         def skip(_):
@@ -419,18 +267,18 @@ class PackProgram:
                     "final": self.recorder.snapshot_pack(
                         state.model, data.x_ntk, sequential=self.sequential)}
         if cfg.linearized:
-            gap = eqx.filter_vmap(lambda mdl, lp, init: self._evaluate_member(
-                mdl, lp, init, data)["lin_output_gap"])
+            gap = eqx.filter_vmap(lambda mdl, lp, init: evaluate_member(
+                cfg, mdl, lp, init, data)["lin_output_gap"])
             out["best_lin_output_gap"] = jnp.where(
                 found, gap(best_model, best.lin_params, data.init), jnp.nan)
         return final, out, snapshots
 
     def _final_train(self, model, lin_params, init, data, m_idx, m_w, m_x):
-        x, y = self._inputs(data, m_idx, m_x, slice(None))
-        loss, logits = self._loss(model, x, y, m_w)
+        x, y = member_inputs(data, m_idx, m_x, slice(None))
+        loss, logits = member_loss(model, x, y, m_w, loss=self.config.loss)
         out = {"train_loss": loss, "train_accuracy": jnp.sum(m_w * (jnp.argmax(logits, -1) == y))}
         if self.config.linearized:
-            out["lin_train_loss"], _ = self._lin_loss(lin_params, linearized(model, init), x, y,
-                                                      m_w)
+            out["lin_train_loss"], _ = lin_member_loss(lin_params, linearized(model, init), x,
+                                                       y, m_w, loss=self.config.loss)
         return out
 

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from ntkbench import _analysis as analysis
-from ntkbench import _fits
+from ntkbench import _fits, _power_laws
 from ntkbench.observables import adaptation_rate
 
 
@@ -172,23 +172,23 @@ def test_fit_power_law_recovers_exponent_with_interval():
     x = 2.0 ** np.arange(3, 12)
     y = _noisy(x, lambda x: 4.0 * x**-0.5)
     y[2, :5] = np.nan  # missing seeds are ignored
-    fit = _fits.fit_power_law(x, y, num_bootstrap=500, seed=1)
+    fit = _power_laws.fit_power_law(x, y, num_bootstrap=500, seed=1)
     assert abs(fit.beta + 0.5) < 0.02
     assert fit.ci_low < -0.5 < fit.ci_high and fit.ci_high - fit.ci_low < 0.05
     assert abs(fit.c / 4.0 - 1) < 0.1
-    same = _fits.fit_power_law(x, y.T, replicate_axis=0, num_bootstrap=500, seed=1)
+    same = _power_laws.fit_power_law(x, y.T, replicate_axis=0, num_bootstrap=500, seed=1)
     assert same == fit
-    c, beta, lo, hi, _ = _fits.fit_power_law(x, y.mean(1))  # 1-D: no replicates, no interval
+    c, beta, lo, hi, _ = _power_laws.fit_power_law(x, y.mean(1))  # 1-D: no replicates, no interval
     assert abs(beta + 0.5) < 0.02 and np.isnan(lo) and np.isnan(hi)
 
 
 def test_fit_power_law_degenerate_inputs():
-    fit = _fits.fit_power_law([1.0, 2.0], [[1.0], [np.nan]])
+    fit = _power_laws.fit_power_law([1.0, 2.0], [[1.0], [np.nan]])
     assert np.isnan(fit.beta) and np.isnan(fit.c)
-    fit = _fits.fit_power_law([1.0, 2.0, 4.0], [-1.0, 2.0, 4.0])  # non-positive mean dropped
+    fit = _power_laws.fit_power_law([1.0, 2.0, 4.0], [-1.0, 2.0, 4.0])  # non-positive mean dropped
     np.testing.assert_allclose(fit.beta, 1.0)
     with pytest.raises(ValueError, match="replicate"):
-        _fits.fit_power_law([1.0, 2.0], np.ones((3, 2)))
+        _power_laws.fit_power_law([1.0, 2.0], np.ones((3, 2)))
 
 
 def _broken(x_break, beta_below, beta_above, c=1.0):
@@ -204,7 +204,7 @@ def _broken(x_break, beta_below, beta_above, c=1.0):
 def test_fit_broken_power_law_recovers_transition(x_break, beta_below, beta_above):
     x = 2.0 ** np.arange(3, 15)
     y = _noisy(x, _broken(x_break, beta_below, beta_above, c=3.0), sigma=0.05)
-    fit = _fits.fit_broken_power_law(x, y, num_bootstrap=300, seed=2)
+    fit = _power_laws.fit_broken_power_law(x, y, num_bootstrap=300, seed=2)
     assert abs(np.log(fit.x_break / x_break)) < np.log(1.25)  # within 25 %
     assert fit.ci_low <= x_break <= fit.ci_high
     assert fit.ci_low <= fit.x_break <= fit.ci_high
@@ -214,11 +214,11 @@ def test_fit_broken_power_law_recovers_transition(x_break, beta_below, beta_abov
 
 def test_fit_broken_power_law_exact_and_too_few_points():
     x = np.geomspace(10, 1e4, 9)
-    fit = _fits.fit_broken_power_law(x, _broken(300.0, 0.7, -0.2)(x), num_bootstrap=0)
+    fit = _power_laws.fit_broken_power_law(x, _broken(300.0, 0.7, -0.2)(x), num_bootstrap=0)
     np.testing.assert_allclose([fit.x_break, fit.beta_below, fit.beta_above], [300, 0.7, -0.2],
                                rtol=1e-4)
     assert np.isnan(fit.ci_low)
-    assert np.isnan(_fits.fit_broken_power_law(x[:3], x[:3]).x_break)
+    assert np.isnan(_power_laws.fit_broken_power_law(x[:3], x[:3]).x_break)
 
 
 # ----------------------------------------------------------------------------- sweep-level fits

@@ -10,12 +10,13 @@ import pytest
 import ntkbench
 from ntkbench import kernels
 from ntkbench._datasets import synthetic_dataset
+from ntkbench._member_step import linearized
 from ntkbench._pack import SweepData, build_pack
 from ntkbench._placement import Placement
 from ntkbench._planner import plan
 from ntkbench._recording import Recorder
 from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram, linearized
+from ntkbench._training import PackProgram
 from ntkbench.models import member
 
 

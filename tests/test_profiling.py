@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import pytest
 
-from ntkbench._profiling import COLUMNS, format_table, run_profile
+from ntkbench._profile_table import format_table
+from ntkbench._profiling import run_profile
+from ntkbench._timing import COLUMNS
 
 
 @pytest.fixture(scope="module")

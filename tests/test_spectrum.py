@@ -360,7 +360,7 @@ def test_resolve_and_argument_errors():
 
 def test_host_errors_surface_as_exceptions():
     """An exception inside the host handler becomes an XLA error, not a crash or a hang."""
-    from ntkbench._host_lapack import _ffi_target
+    from ntkbench._host_ffi import _ffi_target
 
     call = jax.ffi.ffi_call(_ffi_target(np.dtype(np.float32))[0],
                             (jax.ShapeDtypeStruct((4,), jnp.float32),

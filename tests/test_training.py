@@ -9,11 +9,12 @@ import pytest
 
 import ntkbench
 from ntkbench._datasets import synthetic_dataset
+from ntkbench._member_step import per_sample_loss
 from ntkbench._pack import SweepData, build_data, build_models, minibatch_schedule
 from ntkbench._planner import plan
 from ntkbench._recording import Recorder
 from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram, per_sample_loss
+from ntkbench._training import PackProgram
 from ntkbench.models import member
 
 

@@ -1,0 +1,119 @@
+"""What a checkpoint holds on disk, and the per-leaf facts its metadata records.
+
+The names of a checkpoint's items and files and the format version (the layout is drawn in
+`_checkpointer.py`'s module docstring); `describe` (key path -> shape, dtype) and the 32-bit bit
+fingerprints of a state's array leaves, computed on device; and `save_metadata`, the JSON that
+`save` writes beside the arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT_VERSION = 1
+_STATE = "state"
+_META = "meta"
+_CORRUPT_DIR = "corrupt"
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_META_FILE = "metadata"
+
+
+def _is_leaf_array(x) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _is_key(dtype) -> bool:
+    return jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """Order-sensitive 32-bit hash of the bits of `x` (exact integer math, any sharding).
+
+    Each 32-bit word `w_i` (narrower dtypes are widened, 64-bit ones split) is mixed with its
+    index by a bijection, so changing any one word always changes the wrap-around sum.
+    """
+    if _is_key(x.dtype):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 8:
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    words = words.reshape(-1)
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    h = (words ^ (index * np.uint32(0x9E3779B9))) * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return jnp.sum(h ^ (h >> np.uint32(16)), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
+    """The fingerprints of all leaves as one `(len(leaves),)` uint32 array (one transfer)."""
+    return jnp.stack([_leaf_fingerprint(x) for x in leaves])
+
+
+def _describe(tree) -> dict[str, dict[str, Any]]:
+    """`{key path: {"shape", "dtype"}}` of the array (or ShapeDtypeStruct) leaves of `tree`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        out[jax.tree_util.keystr(path)] = {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+    return out
+
+
+def _fingerprint_tree(tree) -> dict[str, int]:
+    """`{key path: fingerprint}`; one jitted call per set of devices the leaves live on."""
+    paths_leaves = jax.tree_util.tree_leaves_with_path(tree)
+    groups: dict[frozenset, list[int]] = {}
+    for i, (_, leaf) in enumerate(paths_leaves):
+        sharding = getattr(leaf, "sharding", None)  # None: a numpy leaf
+        devices = None if sharding is None else frozenset(d.id for d in sharding.device_set)
+        groups.setdefault(devices, []).append(i)
+    values: dict[int, int] = {}
+    for members in groups.values():
+        got = np.asarray(jax.device_get(_fingerprints([paths_leaves[i][1] for i in members])))
+        values.update({i: int(v) for i, v in zip(members, got.tolist(), strict=True)})
+    return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
+
+
+
+def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `meta/metadata` JSON of a save of `arrays` at `epoch`, after checking that it can be
+    made: `extra` JSON-serializable, and (with several processes) every leaf a global array.
+
+    Returns:
+        `{"format", "epoch", "leaves": {key path: {"shape", "dtype", "fingerprint"}}, "extra"}`.
+    """
+    extra = {} if extra is None else dict(extra)
+    try:
+        json.dumps(extra, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"`extra` must be JSON-serializable ({e}); convert arrays with `.tolist()` and "
+            "numpy scalars with `int()`/`float()`.") from e
+    if jax.process_count() > 1:
+        local = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(arrays)
+                 if not isinstance(x, jax.Array) or x.is_fully_addressable]
+        if local:
+            raise ValueError(
+                f"Leaves {', '.join(local[:6])} live on this process only, so Orbax cannot "
+                "save them in a multi-process run. Place every leaf on the global mesh first, "
+                "e.g. `eqx.filter_shard(x, NamedSharding(mesh, P()))` for scalars and "
+                "replicated arrays.")
+    leaves = _describe(arrays)
+    for path, fp in _fingerprint_tree(arrays).items():
+        leaves[path]["fingerprint"] = fp
+    return {"format": FORMAT_VERSION, "epoch": epoch, "leaves": leaves, "extra": extra}

@@ -1,0 +1,251 @@
+"""Power-law and broken-power-law fits of arrays `(x, y[x, replicate])`, with bootstrap intervals.
+
+The replicates (seeds) at each `x` are averaged before the log-log fit and resampled for the
+interval; points without a finite, positive mean are left out and listed in `dropped`. The fits
+of a whole sweep, one per value of the other axes, are in `_fits.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from scipy import optimize
+
+
+# ----------------------------------------------------------------------------- power laws
+class PowerLawFit(NamedTuple):
+    """`y = c · x^beta`; `[ci_low, ci_high]` is the bootstrap confidence interval of `beta`."""
+
+    c: float
+    beta: float
+    ci_low: float
+    ci_high: float
+    dropped: tuple[float, ...] = ()  # abscissae left out: no finite, positive mean
+
+
+class BrokenPowerLawFit(NamedTuple):
+    """Continuous two-segment power law with its breakpoint (the transition) at `x_break`.
+
+    `y = c_break · (x / x_break)^beta_below` for `x ≤ x_break`, `^beta_above` above;
+    `[ci_low, ci_high]` is the bootstrap confidence interval of `x_break`.
+    """
+
+    x_break: float
+    ci_low: float
+    ci_high: float
+    beta_below: float
+    beta_above: float
+    c_break: float
+    dropped: tuple[float, ...] = ()  # abscissae left out: no finite, positive mean
+
+
+def _as_replicates(x, y, replicate_axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float64).reshape(-1)
+    y = np.asarray(y, np.float64)
+    if y.ndim == 2:
+        y = np.moveaxis(y, replicate_axis, -1)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y must be (num_x,) or (num_x, num_replicates) with num_x = len(x) = {x.shape[0]}, "
+            f"got {y.shape}; move the replicate (seed) axis last."
+        )
+    return x, y
+
+
+def _replicate_means(y: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(y)
+    count = finite.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, np.where(finite, y, 0.0).sum(axis=-1) / count, np.nan)
+
+
+def _bootstrap_means(y: np.ndarray, num_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """`(num_bootstrap, num_x)` means of replicates resampled with replacement at each x."""
+    out = np.full((num_bootstrap, y.shape[0]), np.nan)
+    for i, row in enumerate(y):
+        vals = row[np.isfinite(row)]
+        if vals.size:
+            out[:, i] = vals[rng.integers(0, vals.size, (num_bootstrap, vals.size))].mean(axis=1)
+    return out
+
+
+def _loglog(x: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`ln x`, `ln y` and a 0/1 weight for the usable points (finite, positive)."""
+    ok = np.isfinite(means) & (means > 0) & np.isfinite(x) & (x > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), 0.0)
+        v = np.where(ok, np.log(np.where(ok, means, 1.0)), 0.0)
+    return u, v, ok.astype(np.float64)
+
+
+def _dropped(x: np.ndarray, w: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in x[w == 0])
+
+
+def _weighted_line(u, v, w):
+    """Least squares `v = a + b u` with 0/1 weights, batched over leading axes of `v`, `w`."""
+    n = w.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        um = (w * u).sum(axis=-1) / n
+        vm = (w * v).sum(axis=-1) / n
+        du = u - um[..., None]
+        sxx = (w * du**2).sum(axis=-1)
+        b = (w * du * (v - vm[..., None])).sum(axis=-1) / sxx
+        ok = (n >= 2) & (sxx > 0)
+    return np.where(ok, vm - b * um, np.nan), np.where(ok, b, np.nan)
+
+
+def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    samples = samples[np.isfinite(samples)]
+    if samples.size < 2:
+        return math.nan, math.nan
+    lo, hi = np.percentile(samples, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(lo), float(hi)
+
+
+def fit_power_law(
+    x,
+    y,
+    *,
+    replicate_axis: int = -1,
+    num_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PowerLawFit:
+    r"""Fit `y = c · x^β` by least squares in log-log, with a bootstrap interval for `β`.
+
+    At each `x` the replicates (seeds) are averaged, `ȳ(x)`, and `ln ȳ = ln c + β ln x` is fitted
+    to the points with `x > 0` and a finite, positive `ȳ`. The interval: `num_bootstrap` times,
+    resample the finite replicates at each `x` with replacement, refit; percentile interval at
+    `confidence`. NaN replicates are ignored; without replicates (1-D `y`, or one per `x`) the
+    interval is NaN. Fewer than two usable points give NaN everywhere.
+
+    Args:
+        x: `(num_x,)` positive abscissae (widths, training-set sizes).
+        y: `(num_x,)` or `(num_x, num_replicates)` (or `(num_replicates, num_x)` with
+            `replicate_axis=0`).
+        replicate_axis: the axis of a 2-D `y` that holds the replicates (seeds).
+        num_bootstrap: bootstrap resamples (0: no interval).
+        confidence: coverage of the interval.
+        seed: seed of the bootstrap's numpy generator.
+
+    Returns:
+        `PowerLawFit(c, beta, ci_low, ci_high)`, the interval for `beta`.
+
+    Example:
+        >>> x = np.array([8.0, 32.0, 128.0, 512.0])
+        >>> fit = fit_power_law(x, 3.0 * x[:, None] ** -0.5 * np.array([0.9, 1.0, 1.1]))
+        >>> round(fit.c, 6), round(fit.beta, 6)
+        (3.0, -0.5)
+    """
+    x, y = _as_replicates(x, y, replicate_axis)
+    u, v, w = _loglog(x, _replicate_means(y))
+    a, b = _weighted_line(u, v, w)
+    lo = hi = math.nan
+    if num_bootstrap > 0 and np.any(np.isfinite(y).sum(axis=-1) > 1):
+        rng = np.random.default_rng(seed)
+        ub, vb, wb = _loglog(x, _bootstrap_means(y, num_bootstrap, rng))
+        lo, hi = _interval(_weighted_line(ub, vb, wb)[1], confidence)
+    return PowerLawFit(float(np.exp(a)), float(b), lo, hi, _dropped(x, w))
+
+
+def _hinge_design(u: np.ndarray, breaks: np.ndarray) -> np.ndarray:
+    """`(G, n, 3)` designs `[1, min(u − b, 0), max(u − b, 0)]` for each breakpoint `b`."""
+    d = u[None, :] - breaks[:, None]
+    return np.stack([np.ones_like(d), np.minimum(d, 0.0), np.maximum(d, 0.0)], axis=-1)
+
+
+def _hinge_sse(u, v, w, breaks):
+    """Least-squares hinge fits at every breakpoint, batched over rows of `v`, `w` `(B, n)`.
+
+    Returns `theta (B, G, 3)` = `(ln c_break, β_below, β_above)` and `sse (B, G)`.
+    """
+    X = _hinge_design(u, breaks)  # (G, n, 3)
+    num_g, n = X.shape[:2]
+    xx = np.einsum("gni,gnj->ngij", X, X).reshape(n, num_g * 9)
+    xv = X.transpose(1, 0, 2).reshape(n, num_g * 3)
+    A = (w @ xx).reshape(-1, num_g, 3, 3) + 1e-12 * np.eye(3)
+    rhs = ((w * v) @ xv).reshape(-1, num_g, 3)
+    theta = np.linalg.solve(A, rhs[..., None])[..., 0]
+    sse = (w * v * v).sum(axis=-1)[:, None] - np.einsum("bgi,bgi->bg", theta, rhs)
+    return theta, sse
+
+
+def fit_broken_power_law(
+    x,
+    y,
+    *,
+    replicate_axis: int = -1,
+    num_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_grid: int = 256,
+) -> BrokenPowerLawFit:
+    r"""Fit a continuous two-segment power law and locate its breakpoint (the transition).
+
+    In log-log, `ln ȳ = ln c_b + β₁ min(u − b, 0) + β₂ max(u − b, 0)` with `u = ln x` and the
+    breakpoint `b = ln x_break` a free parameter: for each `b` on a grid of `num_grid` points
+    between the second-smallest and second-largest `u` (each segment keeps at least two points)
+    the other three parameters are linear least squares; the best grid point is refined by a
+    bounded scalar minimization. `ȳ` is the mean over replicates, as in `fit_power_law`. The
+    interval for `x_break` resamples replicates at each `x` (`num_bootstrap` times, breakpoint on
+    the grid, whose spacing bounds its resolution) and takes percentiles at `confidence`.
+
+    Covers an `erank*` that grows as a power law and saturates (`β₂ ≈ 0`) and a trace ratio that is
+    flat, then declines (`β₁ ≈ 0`, `β₂ < 0`). Needs at least 4 distinct usable `x`; else all NaN.
+
+    Args:
+        x: `(num_x,)` positive abscissae.
+        y: `(num_x,)` or `(num_x, num_replicates)`.
+        replicate_axis: the axis of a 2-D `y` that holds the replicates (seeds).
+        num_bootstrap: bootstrap resamples (0: no interval).
+        confidence: coverage of the interval.
+        seed: seed of the bootstrap's numpy generator.
+        num_grid: breakpoint grid size.
+
+    Returns:
+        `BrokenPowerLawFit(x_break, ci_low, ci_high, beta_below, beta_above, c_break)`.
+
+    Example:
+        >>> x = 2.0 ** np.arange(3, 13)
+        >>> y = np.where(x < 256, (x / 256) ** 0.6, 1.0)
+        >>> fit = fit_broken_power_law(x, y, num_bootstrap=0)
+        >>> print(f"{fit.x_break:.1f} {fit.beta_below:.3f} {abs(fit.beta_above):.3f}")
+        256.0 0.600 0.000
+    """
+    x, y = _as_replicates(x, y, replicate_axis)
+    u, v, w = _loglog(x, _replicate_means(y))
+    usable = np.unique(u[w > 0])
+    if usable.size < 4:
+        return BrokenPowerLawFit(*([math.nan] * 6), _dropped(x, w))
+    lo_b, hi_b = usable[1], usable[-2]
+    grid = np.linspace(lo_b, hi_b, num_grid)
+    _, sse = _hinge_sse(u, v[None], w[None], grid)
+    g = int(np.argmin(sse[0]))
+    bracket = (grid[max(g - 1, 0)], grid[min(g + 1, num_grid - 1)])
+    refined = optimize.minimize_scalar(
+        lambda b: _hinge_sse(u, v[None], w[None], np.array([b]))[1][0, 0],
+        bounds=bracket, method="bounded", options={"xatol": 1e-6},
+    )
+    b = float(refined.x) if refined.fun <= sse[0, g] else float(grid[g])
+    theta, _ = _hinge_sse(u, v[None], w[None], np.array([b]))
+    ln_c, beta_below, beta_above = theta[0, 0]
+    ci = (math.nan, math.nan)
+    if num_bootstrap > 0 and np.any(np.isfinite(y).sum(axis=-1) > 1):
+        rng = np.random.default_rng(seed)
+        ub, vb, wb = _loglog(x, _bootstrap_means(y, num_bootstrap, rng))
+        breaks = np.full(num_bootstrap, np.nan)
+        for start in range(0, num_bootstrap, 128):  # chunks bound the (B, G, 3, 3) memory
+            sl = slice(start, start + 128)
+            _, sse_b = _hinge_sse(ub, vb[sl], wb[sl], grid)
+            enough = (wb[sl] > 0).sum(axis=-1) >= 4
+            breaks[sl] = np.where(enough, grid[np.argmin(sse_b, axis=-1)], np.nan)
+        ci = tuple(math.exp(c) if np.isfinite(c) else math.nan
+                   for c in _interval(breaks, confidence))
+    return BrokenPowerLawFit(math.exp(b), ci[0], ci[1], float(beta_below), float(beta_above),
+                             float(math.exp(ln_c)), _dropped(x, w))
+
