@@ -5,20 +5,18 @@ records, few epochs) runs as a user runs it, `ntkbench run` in a subprocess, und
 that a hang fails the test instead of stalling CI (the watchdog would end it with status 70 too).
 Before the fix, 2 and 4 fake devices deadlocked in the first NTK record of pack 0.
 
-Tolerances: losses, accuracies, and the NTK traces, alignments and kernel distances of every
-record agree to 1e-5 relative (another device layout vmaps the training step over another number
-of members per device, which reassociates float32 sums); entropy and effective rank come from a
-float32 eigendecomposition whose own accuracy is ~1e-6..1e-5 relative (docs/spectrum.md), held
-to 1e-4 for nine values in ten and to 1e-3 for all: a ReLU unit at its kink on an NTK sample
-(below) moves the small eigenvalues much more than the trace (seen: 4.6e-4 in `ntk_erank` of one
-width-512 member of 28 at one record on 4 devices, its trace equal to 1e-5); the eigenvector
-misalignment, a small difference of subspaces, to 1e-4 absolute.
-The NTK quantities at `k*` (`best_*` and the summaries taken from them: `T_star`, `trace_ratio`,
-`erank_star`, `kernel_distance_star`) are measured on the parameters of the best epoch, which
-need not be a record epoch: there a ReLU unit of one member can sit at its kink on an NTK sample,
-so an ulp-level difference of the parameters flips it and moves that member's kernel by up to
-~1e-3 relative (seen once: 2.7e-4 in `best_ntk_trace` of 1 member of 28 on 4 devices). They must
-agree to 1e-5 (1e-4 for entropy and erank) for all but one member in ten, and to 1e-3 for all.
+Tolerances. Another device layout vmaps the training step over another number of members per
+device (28, 14 or 7), so XLA blocks its matmuls differently and the float32 sums reassociate; the
+members' trajectories then differ by a few ulps and, for a member whose ReLU units sit near their
+kinks, that difference grows. Every float variable must therefore agree to its tight tolerance
+for nine values in ten, and to 1e-3 relative for all:
+- tight: 1e-5 relative for losses, accuracies, NTK traces, alignments and kernel distances;
+  1e-4 for entropy and effective rank (a float32 eigendecomposition, itself accurate to
+  ~1e-6..1e-5, docs/spectrum.md); 1e-4 absolute for the eigenvector misalignment.
+- measured: on 2 devices and as 2 processes every value met the tight tolerance; on 4 devices
+  one width-512 member of 28 drifted within the 10 epochs, to 6.7e-5 in its test loss, 4.6e-4 in
+  one record's erank (its trace still within 1e-5) and 2.7e-4 in its NTK trace at k*.
+`k_star` must be equal.
 """
 
 import os
@@ -36,7 +34,7 @@ QUICK = ["--config=quick", "--config.epochs=10", "--config.ntk_every=5",
 RTOL = {"ntk_entropy": 1e-4, "ntk_erank": 1e-4, "best_ntk_erank": 1e-4,
         "best_ntk_entropy": 1e-4}
 ATOL = {"eigvec_misalignment": 1e-4}
-TIMEOUT = 600
+TIMEOUT = 900  # a hang fails the test; a busy 2-core runner needs up to ~9 min per run
 
 
 def _env():
@@ -57,8 +55,6 @@ def _run(workdir, *args, timeout=TIMEOUT):
     return ntkbench.load(workdir)
 
 
-AT_K_STAR = ("T_star", "trace_ratio", "erank_star", "kernel_distance_star")
-SPECTRAL = ("ntk_entropy", "ntk_erank")
 
 
 def _close(a, b):
@@ -69,12 +65,10 @@ def _close(a, b):
         x, y = a[v].values, b[v].values
         assert np.array_equal(np.isnan(x), np.isnan(y)), v
         rtol, atol = RTOL.get(v, 1e-5), ATOL.get(v, 1e-7)
-        if v.startswith("best_") or v in AT_K_STAR or v in SPECTRAL:
-            fin = ~np.isnan(x)
-            ok = np.abs(x[fin] - y[fin]) <= atol + rtol * np.abs(y[fin])
-            assert ok.mean() >= 0.9, (v, x[fin][~ok], y[fin][~ok])
-            rtol = 1e-3
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=v)
+        fin = ~np.isnan(x)
+        ok = np.abs(x[fin] - y[fin]) <= atol + rtol * np.abs(y[fin])
+        assert ok.mean() >= 0.9, (v, x[fin][~ok], y[fin][~ok])
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=atol, err_msg=v)
     np.testing.assert_array_equal(a["k_star"].values, b["k_star"].values)
 
 
