@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -95,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_main() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    status = main()
+    # The run is over and its status decided: a late SIGTERM/SIGINT (e.g. the second of two
+    # sent just as the run stopped at a chunk boundary) must not turn status 75 into a death
+    # by signal while the interpreter shuts down.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

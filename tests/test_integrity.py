@@ -337,7 +337,9 @@ def test_two_interrupts_exit_75_and_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED, out[-2000:]
-    assert "leaving now" in out and "Traceback" not in out
+    # The second signal leaves at once, or, when the first one already stopped the run at a
+    # chunk boundary, finds it leaving: status 75 either way.
+    assert ("leaving now" in out or "interrupted at epoch" in out) and "Traceback" not in out
 
 
 @pytest.mark.slow

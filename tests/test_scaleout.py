@@ -34,6 +34,9 @@ QUICK = ["--config=quick", "--config.epochs=10", "--config.ntk_every=5",
 RTOL = {"ntk_entropy": 1e-4, "ntk_erank": 1e-4, "best_ntk_erank": 1e-4,
         "best_ntk_entropy": 1e-4}
 ATOL = {"eigvec_misalignment": 1e-4}
+# Accuracies are counts, and a narrow net near chance has nearly tied logits: up to 5 of the 500
+# test and 2 of the 100 training predictions may flip (seen: 3 test flips, width 8, 4 devices).
+ALL_ATOL = {"test_accuracy": 1.01e-2, "train_accuracy": 2.01e-2, "eigvec_misalignment": 1e-4}
 TIMEOUT = 900  # a hang fails the test; a busy 2-core runner needs up to ~9 min per run
 
 
@@ -66,9 +69,10 @@ def _close(a, b):
         assert np.array_equal(np.isnan(x), np.isnan(y)), v
         rtol, atol = RTOL.get(v, 1e-5), ATOL.get(v, 1e-7)
         fin = ~np.isnan(x)
-        ok = np.abs(x[fin] - y[fin]) <= atol + rtol * np.abs(y[fin])
-        assert ok.mean() >= 0.9, (v, x[fin][~ok], y[fin][~ok])
-        np.testing.assert_allclose(x, y, rtol=1e-3, atol=atol, err_msg=v)
+        if fin.any():
+            ok = np.abs(x[fin] - y[fin]) <= atol + rtol * np.abs(y[fin])
+            assert ok.mean() >= 0.9, (v, x[fin][~ok], y[fin][~ok])
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=ALL_ATOL.get(v, atol), err_msg=v)
     np.testing.assert_array_equal(a["k_star"].values, b["k_star"].values)
 
 
