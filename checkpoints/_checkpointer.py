@@ -1,6 +1,6 @@
 """Resumable checkpoints of one pack's training state (Orbax + Tensorstore zarr3/OCDBT).
 
-A checkpoint is the pytree itself (STYLE.md §7): the array leaves of
+A checkpoint is the pytree itself, as in Equinox serialisation: the array leaves of
 `eqx.filter(state, eqx.is_array)`, restored into a template `like` built the same way as the
 state, whose static part (activations, widths, optimizer functions...) is reused as it is.
 

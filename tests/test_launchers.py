@@ -145,7 +145,7 @@ def test_script_is_strict_executable_bash_that_opens_with_its_command(name):
     assert os.access(path, os.X_OK), f"chmod +x {path}"
     lines = path.read_text().splitlines()
     assert lines[0] in ("#!/bin/bash", "#!/usr/bin/env bash")
-    assert lines[1].startswith("# ") and f"launchers/{name}" in lines[1]  # STYLE.md: command first
+    assert lines[1].startswith("# ") and f"launchers/{name}" in lines[1]  # the command first, then what it does
     assert "set -euo pipefail" in lines
     assert "/work/" not in path.read_text()  # no workplace paths
     r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
