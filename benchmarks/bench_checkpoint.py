@@ -1,6 +1,6 @@
 """Checkpoint overhead on the quick preset: epochs/s with and without checkpoints.
 
-    python benchmarks/bench_checkpoint.py [--epochs=100] [--chunk_epochs=10]
+    python benchmarks/bench_checkpoint.py [--epochs=100] [--chunk_epochs=10] [--repeats=3]
 
 Runs the quick preset's sweep (same members, NTK records included) in one process:
 1. never checkpointing, and checkpointing at every chunk (`chunk_epochs` epochs; saves happen at
@@ -25,6 +25,9 @@ import ntkbench
 
 _EPOCHS = flags.DEFINE_integer("epochs", 100, "Epochs of the quick preset to run.")
 _CHUNK = flags.DEFINE_integer("chunk_epochs", 10, "Epochs per compiled chunk for pair 1.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each pair, interleaved; the fastest run "
+                                 "of each side is compared (the machine's noise only slows runs).")
+_CHUNKS = flags.DEFINE_list("chunks", None, "chunk_epochs of the pairs (default: chunk_epochs, 1).")
 _BUDGET = flags.DEFINE_float("max_overhead", None, "config.checkpoint_max_overhead (default: the "
                              "preset's; 0 never postpones a due save for the budget).")
 
@@ -37,12 +40,13 @@ def _time(config) -> tuple[float, int, int, float]:
         t0 = time.perf_counter()
         ntkbench.run(config, d, hooks=ntkbench.Hooks(log=lines.append))
         seconds = time.perf_counter() - t0
-    found = [re.search(r"(\d+) checkpoint\(s\) written, training blocked ([0-9.]+)s by them; "
-                       r"(\d+) due", s) for s in lines]
+    found = [re.search(r"(\d+) checkpoint\(s\) written, training blocked ([0-9.]+)s by them, "
+                       r"writing in the background ([0-9.]+)s; (\d+) due", s) for s in lines]
     written = sum(int(m.group(1)) for m in found if m)
     blocked = sum(float(m.group(2)) for m in found if m)
-    postponed = sum(int(m.group(3)) for m in found if m)
-    return seconds, written, postponed, blocked
+    background = sum(float(m.group(3)) for m in found if m)
+    postponed = sum(int(m.group(4)) for m in found if m)
+    return seconds, written, postponed, blocked, background
 
 
 def _print_state_sizes(config) -> None:
@@ -87,17 +91,24 @@ def main(argv):
           f"{base.ntk_every} epochs, checkpoint_max_overhead={base.checkpoint_max_overhead}")
     _print_state_sizes(base)
     _time(dataclasses.replace(base, epochs=2, chunk_epochs=1, checkpoint_every_epochs=0))  # warm caches
-    for chunk in (_CHUNK.value, 1):
+    chunks = [int(c) for c in _CHUNKS.value] if _CHUNKS.value else [_CHUNK.value, 1]
+    for chunk in chunks:
         never = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=0)
         every = dataclasses.replace(base, chunk_epochs=chunk, checkpoint_every_epochs=chunk)
-        (t_never, *_), (t_every, written, postponed, blocked) = _time(never), _time(every)
+        runs = [(_time(never), _time(every)) for _ in range(_REPEATS.value)]
+        t_never = min(n[0] for n, _ in runs)
+        t_every, written, postponed, blocked, background = min((e for _, e in runs),
+                                                               key=lambda e: e[0])
+        spread = "" if len(runs) == 1 else (
+            f" (fastest of {len(runs)}; all: never " + ", ".join(f"{n[0]:.1f}" for n, _ in runs)
+            + "s, every " + ", ".join(f"{e[0]:.1f}" for _, e in runs) + "s)")
         print(f"chunk_epochs={chunk:3d}: never {member_epochs / t_never:8,.0f} member-epochs/s "
               f"({t_never:.1f}s) | checkpoint every {chunk} epoch(s) "
               f"{member_epochs / t_every:8,.0f} member-epochs/s ({t_every:.1f}s) | overhead "
-              f"{t_every / t_never - 1:+.1%} | {written} checkpoints written, {postponed} due "
-              f"saves postponed while the previous one was writing; the saves blocked training "
-              f"{blocked:.1f}s, the rest of the difference is the background writes sharing the "
-              "CPU")
+              f"{t_every / t_never - 1:+.1%}{spread} | {written} checkpoints written, "
+              f"{postponed} due saves postponed (the previous one still writing, or the budget "
+              f"spent); the saves blocked training {blocked:.1f}s and wrote in the background "
+              f"for {background:.1f}s, which on a CPU host shares the cores with training")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from ._format import (
     _META_FILE,
     _STATE,
     _TMP_MARKER,
+    Fingerprinter,
     _describe,
     _is_leaf_array,
     save_metadata,
@@ -112,6 +113,10 @@ class PackCheckpointer:
             caller exceeds this fraction of the time since construction (0 disables). With
             frequent saves of a large state this bounds the cost of checkpointing; forced saves
             are never postponed.
+        count_background: also count against `max_overhead` the time each async save spends
+            writing after `save` returned (until it is finalized). Set it where the writes
+            share the processor with training (training on the host's CPUs), so that the
+            budget bounds what saving costs training there.
         async_save: write in a background thread (see the module docstring); False makes
             `save` return only once the checkpoint is durable.
         clock: seconds as a float, for the time criterion (tests inject a fake one).
@@ -136,6 +141,7 @@ class PackCheckpointer:
         save_every_minutes: float = 0.0,
         max_overhead: float = 0.0,
         async_save: bool = True,
+        count_background: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         if max_to_keep < 1:
@@ -148,9 +154,9 @@ class PackCheckpointer:
                 f"save_every_epochs={save_every_epochs}, save_every_minutes={save_every_minutes};"
                 " use a non-negative count or a finite number of minutes (0 disables a criterion).")
         self._directory = epath.Path(directory)
+        self._clock = clock
         self._save_every_epochs = int(save_every_epochs)
         self._save_every_seconds = 60.0 * float(save_every_minutes)
-        self._clock = clock
         leftovers = self._directory.glob(f"*{_TMP_MARKER}*") if self._directory.exists() else []
         for tmp in sorted(leftovers):
             logger.warning("Ignoring the unfinished checkpoint %s (a save that did not complete); "
@@ -159,13 +165,16 @@ class PackCheckpointer:
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
+            async_options=(ocp.AsyncOptions(post_finalization_callback=self._finalized)
+                           if async_save else None),
             create=True,
         )
         self._mngr = ocp.CheckpointManager(
             self._directory,
             options=options,
             item_handlers={
-                _STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True),
+                _STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
+                                                  use_compression=False),
                 _META: ocp.JsonCheckpointHandler(_META_FILE),
             },
         )
@@ -179,6 +188,11 @@ class PackCheckpointer:
                                         multiprocessing_options=local),
             multiprocessing_options=local,
         )
+        self._fingerprints = Fingerprinter()
+        self._count_background = bool(count_background)
+        self._background = 0.0  # seconds async saves spent writing after `save` returned
+        self._returned: float | None = None  # when the `save` of the last write returned
+        self._finished: float | None = None  # when it was finalized (set by Orbax's thread)
         self._last_save_time = self._clock()
         self._async = bool(async_save)
         self._max_overhead = float(max_overhead)
@@ -200,6 +214,13 @@ class PackCheckpointer:
         """Seconds for which `save` and `wait` have blocked the caller so far."""
         return self._blocked
 
+    @property
+    def background_seconds(self) -> float:
+        """Seconds async saves have spent writing after `save` returned, until finalized
+        (the saves finalized so far)."""
+        self._account()
+        return self._background
+
     def all_epochs(self) -> list[int]:
         """Epochs of the checkpoints, oldest first: the finalized ones (corrupt ones included
         until `restore_latest` moves them aside) and a save still in flight."""
@@ -210,6 +231,13 @@ class PackCheckpointer:
         return self._mngr.latest_step()
 
     # ------------------------------------------------------------------ saving
+    def prepare(self, like) -> None:
+        """Compiles, in a background thread, what `save` and `restore_latest` will run on
+        states laid out like `like` (same leaves, shapes, dtypes and shardings), so that the
+        first save does not block training for the compilation (about half a second on a
+        CPU). Optional; call it as soon as the state (or its template) exists."""
+        self._fingerprints.prepare(eqx.filter(like, _is_leaf_array))
+
     def should_save(self, epoch: int, *, force: bool = False) -> bool:
         """Whether to save the state reached after `epoch` epochs.
 
@@ -234,7 +262,9 @@ class PackCheckpointer:
         due = bool(self._save_every_seconds) and elapsed >= self._save_every_seconds
         busy = self._async and self._mngr.is_saving_in_progress()
         if self._max_overhead:
-            busy = busy or self._blocked > self._max_overhead * (self._clock() - self._start)
+            self._account()
+            spent = self._blocked + (self._background if self._count_background else 0.0)
+            busy = busy or spent > self._max_overhead * (self._clock() - self._start)
         force, due, busy = _agree_on_save(bool(force), due, busy)
         by_epochs = bool(self._save_every_epochs) and epoch % self._save_every_epochs == 0
         if force:
@@ -270,8 +300,11 @@ class PackCheckpointer:
                 f"Cannot save epoch {epoch} in {self._directory}: epoch {latest} is already saved."
                 " Resume with `restore_latest(like)` before training, and gate saves with "
                 "`should_save(epoch)`.")
+        self._mngr.wait_until_finished()  # as Orbax's save would; settles the accounting
+        self._account()
+        self._returned = self._finished = None
         arrays = eqx.filter(state, eqx.is_array)
-        meta = save_metadata(epoch, arrays, extra)
+        meta = save_metadata(epoch, arrays, extra, self._fingerprints)
         self._mngr.save(
             epoch,
             args=ocp.args.Composite(**{
@@ -280,17 +313,29 @@ class PackCheckpointer:
             }),
             force=True,
         )
-        self._last_save_time = self._clock()
+        self._last_save_time = self._returned = self._clock()
         self._owed = False
+
+    def _finalized(self) -> None:
+        """Orbax's callback, on its finalize thread, once an async save is durable."""
+        self._finished = self._clock()
+
+    def _account(self) -> None:
+        """Adds the last save's background time once it is finalized (caller's thread)."""
+        if self._returned is not None and self._finished is not None:
+            self._background += max(0.0, self._finished - self._returned)
+            self._returned = self._finished = None
 
     def wait(self) -> None:
         """Blocks until the pending save is finalized (durable) and old checkpoints are pruned."""
         t0 = self._clock()
         self._mngr.wait_until_finished()
         self._blocked += self._clock() - t0
+        self._account()
 
     def close(self) -> None:
         """Waits for the pending save, then releases the manager's threads."""
+        self._fingerprints.wait()
         self._mngr.close()
         self._reader.close()
 
@@ -325,7 +370,8 @@ class PackCheckpointer:
         failures: list[tuple[int, str]] = []
         for epoch in sorted(self._mngr.all_steps(), reverse=True):
             problem, meta, restored = try_restore(
-                self._reader, self._directory / str(epoch), target, expected)
+                self._reader, self._directory / str(epoch), target, expected,
+                self._fingerprints)
             if problem is None:
                 self._quarantine([e for e, _ in failures])
                 self._last_save_time = self._clock()

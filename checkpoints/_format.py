@@ -9,13 +9,17 @@ fingerprints of a state's array leaves, computed on device; and `save_metadata`,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STATE = "state"
@@ -74,25 +78,103 @@ def _describe(tree) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _fingerprint_tree(tree) -> dict[str, int]:
-    """`{key path: fingerprint}`; one jitted call per set of devices the leaves live on."""
-    paths_leaves = jax.tree_util.tree_leaves_with_path(tree)
-    groups: dict[frozenset, list[int]] = {}
-    for i, (_, leaf) in enumerate(paths_leaves):
-        sharding = getattr(leaf, "sharding", None)  # None: a numpy leaf
+def _device_groups(leaves) -> list[list[int]]:
+    """Indices of `leaves` grouped by the set of devices they live on (None: numpy leaves)."""
+    groups: dict[frozenset | None, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        sharding = getattr(leaf, "sharding", None)
         devices = None if sharding is None else frozenset(d.id for d in sharding.device_set)
         groups.setdefault(devices, []).append(i)
-    values: dict[int, int] = {}
-    for members in groups.values():
-        got = np.asarray(jax.device_get(_fingerprints([paths_leaves[i][1] for i in members])))
-        values.update({i: int(v) for i, v in zip(members, got.tolist(), strict=True)})
-    return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
+    return list(groups.values())
+
+
+def _layout(leaves) -> tuple | None:
+    """What a compiled fingerprint program is specialized to: every leaf's shape, dtype, weak
+    type and sharding; None when a leaf is not on a device (numpy), which the jitted call handles."""
+    if not all(isinstance(x, jax.Array | jax.ShapeDtypeStruct) and x.sharding is not None
+               for x in leaves):
+        return None
+    return tuple((x.shape, x.dtype, bool(getattr(x, "weak_type", False)), x.sharding)
+                 for x in leaves)
+
+
+class Fingerprinter:
+    """`{key path: fingerprint}` of states, with its programs compiled once per state layout.
+
+    Compiling `_fingerprints` for a pack's state (dozens of leaves) costs about half a second
+    of XLA on a CPU, ten to twenty times what running it costs; a per-call `jax.jit` cache
+    would pay it on the first save of every pack, blocking training. `prepare(like)` compiles
+    the program ahead of time in a background thread (compile only: nothing runs on a device,
+    so no collective can interleave with the caller's programs), typically while the first
+    chunk trains; later calls on states of the same layout reuse it.
+    """
+
+    def __init__(self):
+        self._compiled: dict[tuple, Any] = {}
+        self._thread: threading.Thread | None = None
+
+    def prepare(self, like) -> None:
+        """Starts compiling, in the background, the programs for states laid out like `like`
+        (arrays or `jax.ShapeDtypeStruct`s with shardings)."""
+        self.wait()
+        leaves = jax.tree.leaves(like)
+        layouts = [_layout([leaves[i] for i in g]) for g in _device_groups(leaves)]
+        todo = [lay for lay in layouts if lay is not None and lay not in self._compiled]
+        if todo:
+            self._thread = threading.Thread(target=self._compile_quietly, args=(todo,),
+                                            name="ntkbench-fingerprint-compile", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        """Waits for a compilation started by `prepare`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _compile_quietly(self, layouts) -> None:
+        for layout in layouts:
+            try:
+                self._program(layout)
+            except Exception:  # the call compiles again and raises if it is real
+                logger.debug("Compiling the checkpoint fingerprints ahead of time failed",
+                             exc_info=True)
+
+    def _program(self, layout: tuple):
+        exe = self._compiled.get(layout)
+        if exe is None:
+            specs = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, weak_type=weak)
+                     for shape, dtype, weak, sharding in layout]
+            exe = self._compiled[layout] = _fingerprints.lower(specs).compile()
+        return exe
+
+    def __call__(self, tree) -> dict[str, int]:
+        """`{key path: fingerprint}` of the array leaves of `tree`; one call per set of devices
+        the leaves live on."""
+        self.wait()
+        paths_leaves = jax.tree_util.tree_leaves_with_path(tree)
+        leaves = [x for _, x in paths_leaves]
+        values: dict[int, int] = {}
+        for members in _device_groups(leaves):
+            group = [leaves[i] for i in members]
+            layout = _layout(group)
+            fn = _fingerprints if layout is None else self._program(layout)
+            got = np.asarray(jax.device_get(fn(group)))
+            values.update({i: int(v) for i, v in zip(members, got.tolist(), strict=True)})
+        return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
+
+
+def _fingerprint_tree(tree) -> dict[str, int]:
+    """`{key path: fingerprint}` of a state, compiling its programs for this call only."""
+    return Fingerprinter()(tree)
 
 
 
-def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None,
+                  fingerprint: Callable[[Any], dict[str, int]] = _fingerprint_tree,
+                  ) -> dict[str, Any]:
     """The `meta/metadata` JSON of a save of `arrays` at `epoch`, after checking that it can be
     made: `extra` JSON-serializable, and (with several processes) every leaf a global array.
+    `fingerprint` computes the leaves' fingerprints (a `Fingerprinter` reuses its programs).
 
     Returns:
         `{"format", "epoch", "leaves": {key path: {"shape", "dtype", "fingerprint"}}, "extra"}`.
@@ -114,6 +196,6 @@ def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None) -> dict[s
                 "e.g. `eqx.filter_shard(x, NamedSharding(mesh, P()))` for scalars and "
                 "replicated arrays.")
     leaves = _describe(arrays)
-    for path, fp in _fingerprint_tree(arrays).items():
+    for path, fp in fingerprint(arrays).items():
         leaves[path]["fingerprint"] = fp
     return {"format": FORMAT_VERSION, "epoch": epoch, "leaves": leaves, "extra": extra}

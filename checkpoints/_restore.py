@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -137,9 +138,11 @@ def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
 
 
 
-def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target,
-                expected) -> tuple[str | None, dict, Any]:
-    """`(None, meta, arrays)`, or `(reason, {}, None)` when the checkpoint is corrupt.
+def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target, expected,
+                fingerprint: Callable[[Any], dict[str, int]] = _fingerprint_tree,
+                ) -> tuple[str | None, dict, Any]:
+    """`(None, meta, arrays)`, or `(reason, {}, None)` when the checkpoint is corrupt;
+    `fingerprint` computes the restored leaves' fingerprints to compare with the saved ones.
 
     Local reads alternate with agreements, so that every process takes the same branches
     and enters the same collectives (the fingerprints of global arrays are one).
@@ -185,7 +188,7 @@ def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target,
     if not _all_processes_agree(problem is None):
         return problem or "unreadable on another process", {}, None
 
-    got = _fingerprint_tree(restored)  # the same global values on every process
+    got = fingerprint(restored)  # the same global values on every process
     bad = [k for k, v in saved.items() if got.get(k) != v.get("fingerprint")]
     if bad:
         return f"fingerprint mismatch in {', '.join(bad[:6])}", {}, None

@@ -79,6 +79,7 @@ class PackContext:
     recorder: Recorder | None
     placement: Placement
     sequential: bool
+    writes_share_cores: bool  # training runs on the host's CPUs, like the background writes
     hooks: Hooks
     primary: bool  # process 0 writes status files
     stop: Callable[[], bool]  # should_stop, agreed across processes
@@ -143,7 +144,10 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
     ckpt_dir = ctx.workdir.checkpoints(pack.pack_id)
     with PackCheckpointer(ckpt_dir, max_to_keep=2, save_every_epochs=cfg.checkpoint_every_epochs,
                           save_every_minutes=cfg.checkpoint_every_minutes,
-                          max_overhead=cfg.checkpoint_max_overhead) as ckpt:
+                          max_overhead=cfg.checkpoint_max_overhead,
+                          count_background=ctx.writes_share_cores) as ckpt:
+        if cfg.checkpoint_every_epochs or cfg.checkpoint_every_minutes:
+            ckpt.prepare(state)  # compiles the save's fingerprints while the pack trains
         found = _restore(ctx, ckpt, pack, state)
         epoch = 0
         if found is None and ctx.recorder is not None and ctx.recorder.snapshots:
@@ -227,7 +231,8 @@ def _finish_pack(ctx: PackContext, ckpt, pack: Pack, data, state, indices, chunk
     ckpt.wait()
     if saves or ckpt.postponed:
         ctx.hooks.log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
-                      f"{ckpt.blocked_seconds:.2f}s by them; {ckpt.postponed} due one(s) "
+                      f"{ckpt.blocked_seconds:.2f}s by them, writing in the background "
+                      f"{ckpt.background_seconds:.2f}s; {ckpt.postponed} due one(s) "
                       "postponed (the previous one still writing, or checkpoint_max_overhead "
                       "reached)")
 

@@ -157,7 +157,8 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
             store=store, recorder=recorder, placement=placement,
             program=PackProgram(config, recorder, mesh=runtime.mesh,
                                 sequential=runtime.sequential),
-            sequential=runtime.sequential, hooks=hooks, primary=runtime.primary,
+            sequential=runtime.sequential, writes_share_cores=runtime.platform == "cpu",
+            hooks=hooks, primary=runtime.primary,
             stop=lambda: runtime.agree(hooks.should_stop()), sync=runtime.sync,
             total=sum(p.num_members for p in mine) * config.epochs)
         for i, pack in enumerate(mine):

@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ntkbench.checkpoints import CheckpointCorruptError, CheckpointMismatchError, PackCheckpointer
+from ntkbench.checkpoints._format import Fingerprinter, _leaf_fingerprint
 
 NUM = 4  # ensemble members: the leading axis of every array leaf but the scalars
 
@@ -111,6 +112,32 @@ def test_weak_types_commitment_and_numpy_leaves_survive(tmp_path):
         "lr": False, "w": False, "key": False, "sharded": True}
     # Uncommitted scalars still combine with mesh-sharded arrays under jit.
     jax.jit(lambda s: s["sharded"] * s["lr"] + s["w"])(restored)
+
+
+def test_prepared_fingerprints_compile_once_and_match_each_leaf(tmp_path):
+    mesh = jax.make_mesh((NUM,), ("ens",))
+    state = {"pack": make_state(3), "lr": jnp.asarray(0.5), "host": np.arange(3),
+             "sharded": jax.device_put(jnp.arange(NUM), NamedSharding(mesh, P("ens")))}
+    arrays = eqx.filter(state, eqx.is_array)
+    fp = Fingerprinter()
+    fp.prepare(jax.tree.map(lambda x: x if isinstance(x, np.ndarray) else
+                            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
+                                                 weak_type=getattr(x, "weak_type", False)),
+                            arrays))
+    fp.wait()
+    assert len(fp._compiled) == 2  # the leaves on device 0, the mesh-sharded one; numpy: jit
+    got = fp(arrays)
+    assert len(fp._compiled) == 2  # the call reused the programs compiled ahead of time
+    one = jax.jit(_leaf_fingerprint)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(arrays):
+        assert got[jax.tree_util.keystr(path)] == int(one(leaf)), path
+    fp(eqx.filter(make_state(1, width=16), eqx.is_array))  # another layout: compiled on call
+    assert len(fp._compiled) == 3
+    with PackCheckpointer(tmp_path) as ckpt:  # and a checkpointer uses them end to end
+        ckpt.prepare(state)
+        ckpt.save(1, state)
+        _, restored, _ = ckpt.restore_latest(state)
+    assert_trees_equal(restored, state)
 
 
 def test_continuation_is_bit_exact(tmp_path):
@@ -213,6 +240,22 @@ def test_max_overhead_postpones_saves_that_would_exceed_the_budget(tmp_path, mon
         assert ckpt.postponed == 1
     with pytest.raises(ValueError, match="max_overhead"):
         PackCheckpointer(tmp_path, max_overhead=1.5)
+
+
+@pytest.mark.parametrize("count", [False, True])
+def test_background_writes_count_against_the_budget_where_they_share_the_cores(tmp_path, count):
+    now = [5.0]
+    with PackCheckpointer(tmp_path, save_every_epochs=1, max_overhead=0.1, count_background=count,
+                          clock=lambda: now[0]) as ckpt:
+        ckpt.save(1, make_state(0))  # blocks 0 s of fake time
+        ckpt._mngr.wait_until_finished()
+        assert ckpt._finished is not None  # Orbax called back once the save was durable
+        now[0] = 8.0
+        ckpt._finalized()  # as if the write had taken 3 s after `save` returned
+        assert ckpt.background_seconds == 3.0 and ckpt.blocked_seconds == 0.0
+        now[0] = 10.0
+        # 3 s of background writes > 10% of 10 s: postponed only when they count.
+        assert ckpt.should_save(2) is not count
 
 
 def test_should_save_by_time(tmp_path):
