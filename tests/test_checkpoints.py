@@ -14,6 +14,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
 from ntkbench.checkpoints import CheckpointCorruptError, CheckpointMismatchError, PackCheckpointer
 from ntkbench.checkpoints._format import Fingerprinter, _leaf_fingerprint
 

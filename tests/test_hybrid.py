@@ -26,12 +26,11 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.flatten_util import ravel_pytree
+from _reference import naive_ntk, to64
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ntkbench import kernels
-from ntkbench import from_config_dict
+from ntkbench import from_config_dict, kernels
 from ntkbench.kernels import _cost, _hybrid
 from ntkbench.models import CNN, MLP, member
 
@@ -166,24 +165,6 @@ class DenseWithLinearHead(eqx.Module):
         return self.head(jax.nn.relu(self.body(x)))
 
 
-def _to64(tree):
-    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
-
-
-def naive_ntk(model, x1, x2=None):
-    """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition, docs/definitions.md §1)."""
-    x2 = x1 if x2 is None else x2
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(params)
-
-    def f(theta, x):
-        return eqx.combine(unravel(theta), static)(x)
-
-    j1 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x1)
-    j2 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x2)
-    return jnp.einsum("iap,jbp->ijab", j1, j2, precision=jax.lax.Precision.HIGHEST)
-
-
 def _assert_close(k, ref, tol):
     k, ref = np.asarray(k, np.float64), np.asarray(ref, np.float64)
     assert k.shape == ref.shape
@@ -208,7 +189,7 @@ def refs(models):
     out = {}
     with jax.enable_x64(True):
         for name, (m, x1, x2) in models.items():
-            m64, a, b = _to64((m, x1, x2))
+            m64, a, b = to64((m, x1, x2))
             sym, cross = jit(lambda m, a, b: (naive_ntk(m, a), naive_ntk(m, a, b)))(m64, a, b)
             out[name] = (np.asarray(sym), np.asarray(cross))
     return out
@@ -272,7 +253,7 @@ def test_float64_matches_float64_reference(models, refs):
     """Nothing in the hybrid kernel is float32-bound (both ways of handling the other
     parameters, blocked and not)."""
     with jax.enable_x64(True):
-        m, x1, x2 = _to64(models["mixed"])
+        m, x1, x2 = to64(models["mixed"])
         h = _hybrid.ntk_hybrid
         cross, sym = jit(
             lambda m, a, b: (h(m, a, b, 3, rest="jacobian"), h(m, a, None, 2, rest="implicit"))
@@ -578,7 +559,7 @@ def test_padded_pack_of_widths_shares_one_vmapped_program(key):
     assert on_mesh.sharding.spec[0] == "ens"
     on_mesh = np.asarray(on_mesh)
     with jax.enable_x64(True):
-        refs = jit(lambda ns, a: [naive_ntk(n, a) for n in ns])(*_to64((nets, x)))
+        refs = jit(lambda ns, a: [naive_ntk(n, a) for n in ns])(*to64((nets, x)))
     for i, ref in enumerate(refs):
         _assert_close(batched[i], ref, F32_TOL)
         _assert_close(sequential[i], ref, F32_TOL)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
+from _reference import naive_ntk, to64
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -104,24 +104,6 @@ def _models(key, dtype=jnp.float32):
 MODEL_NAMES = ("mlp_w8_d1", "mlp_w16_d3", "mlp_w5_d2_pad", "cnn", "convnorm")
 
 
-def _to64(tree):
-    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
-
-
-def naive_ntk(model, x1, x2=None):
-    """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition, docs/definitions.md §1)."""
-    x2 = x1 if x2 is None else x2
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(params)
-
-    def f(theta, x):
-        return eqx.combine(unravel(theta), static)(x)
-
-    j1 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x1)
-    j2 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x2)
-    return jnp.einsum("iap,jbp->ijab", j1, j2, precision=jax.lax.Precision.HIGHEST)
-
-
 def _supported(name, method):
     return not (method == "structured" and name in ("cnn", "convnorm"))
 
@@ -146,7 +128,7 @@ def refs():
     out = {}
     with jax.enable_x64(True):
         for name, (m, x1, x2) in models.items():
-            m64, x164, x264 = _to64((m, x1, x2))
+            m64, x164, x264 = to64((m, x1, x2))
             sym, cross = jit(lambda m, a, b: (naive_ntk(m, a), naive_ntk(m, a, b)))(m64, x164, x264)
             out[name] = (np.asarray(sym), np.asarray(cross))
     return models, out
@@ -200,7 +182,7 @@ CASES64 = [(n, m) for n, m in CASES if n in ("mlp_w5_d2_pad", "cnn", "convnorm")
 def test_float64_matches_float64_reference(refs, name, method):
     models, ref = refs
     with jax.enable_x64(True):
-        m, x1, x2 = _to64(models[name])
+        m, x1, x2 = to64(models[name])
         fn = jit(
             lambda m, a, b: (
                 kernels.ntk(m, a, b, method=method),

@@ -30,9 +30,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from sklearn.datasets import load_digits
+from _reference import adam_step, digits
 
 from ntkbench import kernels
 from ntkbench._spectrum import (
@@ -56,28 +55,13 @@ ORTHO_TOL = 1e-4
 
 
 @functools.cache
-def _digits(n: int, offset: int):
-    d = load_digits()
-    x = jnp.asarray(d.data[offset:offset + n] / 16.0, jnp.float32)
-    return x, jax.nn.one_hot(jnp.asarray(d.target[offset:offset + n]), 10)
-
-
-@functools.cache
 def _mlp_ntks(width: int, depth: int, steps: int, n: int = 64, lr: float = 1e-2):
     """Float32 NTKs `(10n, 10n)` on n test digits before and after one more Adam step."""
     model = MLP(64, 10, width, depth, key=jax.random.key(width + depth))
-    x, y = _digits(200, 500)
-    x_test, _ = _digits(n, 0)
-    opt = optax.adam(lr)
-    state = opt.init(eqx.filter(model, eqx.is_inexact_array))
-
-    @eqx.filter_jit
-    def step(model, state):
-        loss = lambda m: optax.softmax_cross_entropy(jax.vmap(m)(x), y).mean()
-        grads = eqx.filter_grad(loss)(model)
-        updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), state
-
+    x, y = digits(200, 500)
+    x_test, _ = digits(n, 0)
+    init, step = adam_step(x, y, lr)
+    state = init(model)
     ntk = eqx.filter_jit(lambda m: kernels.as_matrix(kernels.ntk(m, x_test)))
     for _ in range(steps):
         model, state = step(model, state)
@@ -178,7 +162,7 @@ def test_spectrum_and_misalignment_match_float64(method, case):
 def _kron_ntk(seed: int, n: int = 40, o: int = 10, noise: float = 0.0) -> np.ndarray:
     """`A ⊗ I_o` from a digits kernel `A` (every eigenvalue exactly o-fold), optionally split by
     a small output-dependent perturbation `noise·(B ⊗ diag(1..o))`."""
-    x = np.asarray(_digits(n, 300 + seed)[0], np.float64)
+    x = np.asarray(digits(n, 300 + seed)[0], np.float64)
     a = x @ x.T + 1.0
     a = a + 0.05 * seed * np.outer(x[:, 10 + seed], x[:, 10 + seed])
     K = np.kron(a, np.eye(o))
