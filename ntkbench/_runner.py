@@ -146,8 +146,10 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
                           save_every_minutes=cfg.checkpoint_every_minutes,
                           max_overhead=cfg.checkpoint_max_overhead,
                           count_background=ctx.writes_share_cores) as ckpt:
-        if cfg.checkpoint_every_epochs or cfg.checkpoint_every_minutes:
-            ckpt.prepare(state)  # compiles the save's fingerprints while the pack trains
+        if 0 < cfg.checkpoint_every_epochs < cfg.epochs:
+            # Saves by epoch are coming: compile their fingerprints while the pack trains (a
+            # save by time alone, in a long run, compiles them when it comes: once per pack).
+            ckpt.prepare(state)
         found = _restore(ctx, ckpt, pack, state)
         epoch = 0
         if found is None and ctx.recorder is not None and ctx.recorder.snapshots:
