@@ -163,15 +163,9 @@ class Fingerprinter:
         return {jax.tree_util.keystr(p): values[i] for i, (p, _) in enumerate(paths_leaves)}
 
 
-def _fingerprint_tree(tree) -> dict[str, int]:
-    """`{key path: fingerprint}` of a state, compiling its programs for this call only."""
-    return Fingerprinter()(tree)
-
-
 
 def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None,
-                  fingerprint: Callable[[Any], dict[str, int]] = _fingerprint_tree,
-                  ) -> dict[str, Any]:
+                  fingerprint: Callable[[Any], dict[str, int]]) -> dict[str, Any]:
     """The `meta/metadata` JSON of a save of `arrays` at `epoch`, after checking that it can be
     made: `extra` JSON-serializable, and (with several processes) every leaf a global array.
     `fingerprint` computes the leaves' fingerprints (a `Fingerprinter` reuses its programs).

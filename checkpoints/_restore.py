@@ -34,7 +34,6 @@ from ._format import (
     _STATE,
     _STEP_METADATA,
     FORMAT_VERSION,
-    _fingerprint_tree,
     _is_key,
 )
 
@@ -139,8 +138,7 @@ def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
 
 
 def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target, expected,
-                fingerprint: Callable[[Any], dict[str, int]] = _fingerprint_tree,
-                ) -> tuple[str | None, dict, Any]:
+                fingerprint: Callable[[Any], dict[str, int]]) -> tuple[str | None, dict, Any]:
     """`(None, meta, arrays)`, or `(reason, {}, None)` when the checkpoint is corrupt;
     `fingerprint` computes the restored leaves' fingerprints to compare with the saved ones.
 
