@@ -51,25 +51,13 @@ def _time(config) -> tuple[float, int, int, float]:
 
 def _print_state_sizes(config) -> None:
     """Bytes of the checkpointed state of the largest pack: parameters, optimizer, best-so-far
-    copy and the record carry (top eigenvectors), as `PackProgram.init_state` builds it."""
+    copy and the record carry (top eigenvectors), as `ntkbench.build_pack` builds it."""
     import jax
     import numpy as np
 
-    from ntkbench._datasets import load_dataset
-    from ntkbench._pack import SweepData, build_pack
-    from ntkbench._placement import Placement
-    from ntkbench._planner import plan
-    from ntkbench._recording import Recorder
-    from ntkbench._sweep import model_family
-    from ntkbench._training import PackProgram
-
-    data = load_dataset(config.dataset)
-    family = model_family(config, data)
-    pack = max(plan(config, family).packs, key=lambda p: p.num_members * p.padded_width**2)
-    rec = Recorder(config, data.num_classes)
-    model, pdata = build_pack(config, family, pack, SweepData.of(config, data), Placement(None),
-                              rec, sequential=True)
-    state = PackProgram(config, rec).init_state(pdata, model)
+    builder = ntkbench.PackBuilder(config, runtime=ntkbench.Runtime())
+    pack = max(builder.plan.packs, key=lambda p: p.num_members * p.padded_width**2)
+    state, rec, data = builder.build(pack).state, builder.recorder, builder.data
     parts = {name: sum(np.asarray(x).nbytes for x in jax.tree.leaves(getattr(state, name)))
              for name in ("model", "opt_state", "best", "record")}
     m = config.n_test * data.num_classes

@@ -25,11 +25,7 @@ from absl import app, flags
 
 import ntkbench
 from ntkbench._data import Dataset
-from ntkbench._pack import SweepData, build_pack
-from ntkbench._placement import Placement
-from ntkbench._planner import plan
-from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram
+from ntkbench._train import model_family
 
 _WIDTHS = flags.DEFINE_list("widths", ["256", "4096"], "Widths to time.")
 _N_EVAL = flags.DEFINE_integer("n_eval", 10_000, "Evaluation samples.")
@@ -45,12 +41,8 @@ def _mnist_like(n_train: int, n_test: int) -> Dataset:
 
 
 def _time(config, data, epochs: int) -> float:
-    family = model_family(config, data)
-    pack = plan(config, family).packs[0]
-    model, pdata = build_pack(config, family, pack, SweepData.of(config, data), Placement(None),
-                              None, sequential=True)
-    prog = PackProgram(config)
-    state = prog.init_state(pdata, model)
+    ready = ntkbench.build_pack(config, data=data, runtime=ntkbench.Runtime())
+    prog, model, pdata, state = ready.program, ready.model, ready.data, ready.state
     jax.block_until_ready(prog.train_chunk(pdata, state, epochs))
     t = []
     for _ in range(2):

@@ -3,7 +3,7 @@
     python benchmarks/bench_kernels.py                      # widths 64 256 1024, N=128, 5 repeats
     python benchmarks/bench_kernels.py --widths 64 256 --repeats 3 --pack-size 20
 
-Columns are described in `ntkbench._timing.COLUMNS`. Cases whose XLA memory estimate exceeds
+Columns are described in `ntkbench._profile.timing.COLUMNS`. Cases whose XLA memory estimate exceeds
 the limit (default: 90% of accelerator memory, or half the host RAM) print "skipped (memory)".
 """
 
@@ -14,8 +14,7 @@ import json
 
 import jax
 
-from ntkbench._profile_table import format_table
-from ntkbench._profiling import run_profile
+from ntkbench import format_table, profile_kernels
 
 
 def main() -> None:
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    rows = run_profile(
+    rows = profile_kernels(
         widths=tuple(args.widths),
         methods=tuple(args.methods),
         n=args.n,

@@ -1,4 +1,4 @@
-"""Matrix-free NTK records (`ntkbench._matrix_free`): their error and their cost.
+"""Matrix-free NTK records (`ntkbench._record.matrix_free`): their error and their cost.
 
     python benchmarks/bench_matrix_free.py --part errors   # error vs settings, M = 1280, 2560
     python benchmarks/bench_matrix_free.py --part products # structured vs jvp+vjp products
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from ntkbench import kernels
-from ntkbench._matrix_free import (
+from ntkbench._record.matrix_free import (
     COVERAGE_Z,
     DEFAULT_NUM_DEFLATE,
     DEFAULT_NUM_FROBENIUS_PROBES,

@@ -43,10 +43,10 @@ import numpy as np
 import optax
 
 from ntkbench import kernels
-from ntkbench._host_lapack import _host_cosine, host_eigenvalues_floor
-from ntkbench._obs_alignment import _misalignment_from_eigvecs
-from ntkbench._obs_spectral import _cosine_eigh
-from ntkbench._spectrum import cosine_spectrum, top_misalignment
+from ntkbench._observables.alignment import misalignment_from_eigvecs
+from ntkbench._observables.spectral import cosine_eigh
+from ntkbench._record.host_lapack import host_cosine, host_eigenvalues_floor
+from ntkbench._record.spectrum import cosine_spectrum, top_misalignment
 from ntkbench.models import MLP, stack
 from ntkbench.observables import spectral_record
 
@@ -143,9 +143,9 @@ def bench_cost(pack, num_samples, width, steps, k, repeats, implementation=None)
     ntk = eqx.filter_jit(eqx.filter_vmap(lambda mdl: kernels.as_matrix(kernels.ntk(mdl, x_test))))
     today = jax.jit(jax.vmap(functools.partial(_today, implementation=implementation),
                              in_axes=(0, None, 0, 0)))
-    eigh = jax.jit(jax.vmap(lambda K: _cosine_eigh(K, implementation)))
+    eigh = jax.jit(jax.vmap(lambda K: cosine_eigh(K, implementation)))
     prev_full, prev_erank, _ = today(K0, y, jnp.zeros((pack, m, m)), jnp.full((pack,), jnp.nan))
-    full_overlap = jax.jit(jax.vmap(_misalignment_from_eigvecs))
+    full_overlap = jax.jit(jax.vmap(misalignment_from_eigvecs))
     _, vecs_full = eigh(K1)
     n_prev = jnp.clip(jnp.round(prev_erank), 1, m)
 
@@ -160,7 +160,7 @@ def bench_cost(pack, num_samples, width, steps, k, repeats, implementation=None)
     spectrum = jax.jit(jax.vmap(lambda K: cosine_spectrum(K, k, method="host_lapack")))
     mis = jax.jit(jax.vmap(top_misalignment))
     s1 = spectrum(K1)
-    thetas = [_host_cosine(np.asarray(Ki), np.float32) for Ki in K1]
+    thetas = [host_cosine(np.asarray(Ki), np.float32) for Ki in K1]
 
     def floor():
         return [host_eigenvalues_floor(t) for t in thetas]
@@ -245,25 +245,15 @@ def bench_record_vs_epoch(pack: int, num_samples: int, width: int, repeats: int)
     import dataclasses
 
     import ntkbench
-    from ntkbench._datasets import load_dataset
-    from ntkbench._pack import SweepData, build_pack
-    from ntkbench._placement import Placement
-    from ntkbench._planner import plan
-    from ntkbench._recording import Recorder
-    from ntkbench._sweep import model_family
-    from ntkbench._training import PackProgram
+    from ntkbench._train import PackProgram
 
-    c = ntkbench.from_config_dict({**ntkbench.get_config("quick").to_dict(), "widths": (width,),
+    c = ntkbench.preset("quick", **{"widths": (width,),
                                    "num_seeds": pack, "n_test": num_samples, "ntk_every": 1})
-    data = load_dataset("digits")
-    family = model_family(c, data)
-    p = plan(c, family).packs[0]
-    rec = Recorder(c, data.num_classes, platform=jax.default_backend())
     sequential = jax.default_backend() == "cpu"
-    model, pdata = build_pack(c, family, p, SweepData.of(c, data), Placement(None), rec,
-                              sequential=sequential)
+    ready = ntkbench.build_pack(c, runtime=ntkbench.Runtime(platform=jax.default_backend(),
+                                                            sequential=sequential))
+    model, pdata, recorded = ready.model, ready.data, ready.program
     plain = PackProgram(dataclasses.replace(c, ntk_every=0), None, sequential=sequential)
-    recorded = PackProgram(c, rec, sequential=sequential)
     epochs = 10
 
     def run(prog):

@@ -34,14 +34,10 @@ import optax
 from absl import app, flags
 
 import ntkbench
-from ntkbench._datasets import load_dataset
-from ntkbench._member_step import per_sample_loss
-from ntkbench._members import members as all_members
-from ntkbench._members import members_keys
-from ntkbench._pack import SweepData, build_data, build_models
-from ntkbench._planner import plan as plan_packs
-from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram
+from ntkbench._data import load_dataset
+from ntkbench._train import SweepData, members_keys, model_family
+from ntkbench._train import members as all_members
+from ntkbench._train.member_step import per_sample_loss
 from ntkbench.models import MLP
 
 _WIDTHS = flags.DEFINE_list("widths", ["8", "16", "32", "64", "128", "256"], "Widths.")
@@ -62,22 +58,18 @@ def _config():
 
 
 def make_packs(c, data):
-    """Packs: the planner and one `PackProgram` (compiled on the first call, reused after)."""
-    prog = PackProgram(c)
-    family = model_family(c, data)
-    sweep = SweepData.of(c, data)
-    plan = plan_packs(c, family)
+    """Packs: the planner and one pack program (compiled on the first call, reused after)."""
+    builder = ntkbench.PackBuilder(c, data=data, runtime=ntkbench.Runtime())
 
     def run():
         outs = []
-        for pack in plan.packs:
-            model = build_models(c, family, pack)
-            pdata = build_data(c, pack, sweep)
-            _, out = prog.train_chunk(pdata, prog.init_state(pdata, model), c.epochs)
+        for pack in builder.plan.packs:
+            ready = builder.build(pack)
+            _, out = ready.program.train_chunk(ready.data, ready.state, c.epochs)
             outs.append(out["train_loss"])
         jax.block_until_ready(outs)
 
-    return run, plan
+    return run, builder.plan
 
 
 def _step_fn(optim, x_test, y_test):
@@ -100,7 +92,7 @@ def _step_fn(optim, x_test, y_test):
 
 
 def _member_data(c, data, x_all, y_all, keys_data):
-    from ntkbench._noise import draw_indices
+    from ntkbench._data import draw_indices
     idx = draw_indices(keys_data, y_all, c.n_train[0])
     return x_all[idx], y_all[idx]
 
@@ -183,7 +175,7 @@ def xla_step_flops(c, data, width: int) -> float:
 
 def main(argv):
     del argv
-    from ntkbench._timing import matmul_peak
+    from ntkbench._profile import matmul_peak
 
     c = _config()
     data = load_dataset("digits")

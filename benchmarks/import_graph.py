@@ -1,20 +1,30 @@
-"""The project's import graph: every module's size and the project modules it imports.
+"""The project's import graph, and the rules its boundaries keep.
 
-    python benchmarks/import_graph.py
+    python benchmarks/import_graph.py            # every module, its size and project imports
+    python benchmarks/import_graph.py --groups   # only the graph between the library's groups
 
-For each module of `ntkbench/`, `kernels/`, `checkpoints/` and `launchers/` (import names from
-`pyproject.toml`'s `[tool.setuptools.package-dir]`) it prints the line count and the project
-modules it imports, found by parsing the source with `ast` (nothing is imported, so it runs
-without JAX). Imports inside functions count as much as top-level ones.
+Modules are read with `ast` (nothing is imported, so it runs without JAX); import names come
+from `pyproject.toml`'s `[tool.setuptools.package-dir]`. `tests/test_architecture.py` runs
+`check()` and fails on any violation of these rules:
 
-It then checks the one-way rule of the package layout and exits 1 on a violation:
-`ntkbench.kernels` and `ntkbench.checkpoints` import nothing of ours outside themselves, the
-library imports no launcher, and nothing imports `ntkbench.launchers` except the launchers.
+1. One way between the folders: `ntkbench.kernels` and `ntkbench.checkpoints` import nothing
+   of ours outside themselves, the library imports no launcher.
+2. The library's private groups (`ntkbench/_<group>/`, docs/architecture.md) import each other
+   one way, in the order of `GROUPS`: a group imports only groups before it.
+3. No private name crosses a group line: another group imports a group through its
+   `__init__` (never `ntkbench._group.module`), and never a name starting with `_`.
+4. The launchers and the examples use only the public API (`ntkbench`, `ntkbench.kernels`,
+   `ntkbench.models`, `ntkbench.observables`, `ntkbench.checkpoints`) and the launchers' own
+   modules.
+5. The library imports its own modules at the top of a module (an import inside a function
+   hides an edge of this graph).
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import collections
 import pathlib
 import sys
 import tomllib
@@ -30,6 +40,12 @@ ALLOWED = {
     "ntkbench.launchers": {"ntkbench", "ntkbench.kernels", "ntkbench.checkpoints",
                            "ntkbench.launchers"},
 }
+#: The library's groups along a sweep's flow; each may import only the groups before it.
+GROUPS = ("_config", "_observables", "_data", "_record", "_train", "_analysis", "_workdir",
+          "_store", "_sweep", "_report", "_profile")
+#: Public modules of the library: any group may import them; they import only groups.
+PUBLIC = ("ntkbench", "ntkbench.kernels", "ntkbench.models", "ntkbench.observables",
+          "ntkbench.checkpoints")
 
 
 def package_dirs() -> dict[str, str]:
@@ -60,28 +76,42 @@ def _resolve(name: str, known: set[str]) -> str | None:
     return None
 
 
-def imports_of(module: str, path: pathlib.Path, known: set[str]) -> set[str]:
-    """The project modules `module` imports (itself excluded)."""
-    is_package = path.name == "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        targets = []
+class Import:
+    """One import statement of a project module: its target modules and the names it takes."""
+
+    def __init__(self, node, module: str, is_package: bool, known: set[str], nested: bool):
+        self.line, self.nested = node.lineno, nested
         if isinstance(node, ast.Import):
+            self.base, self.names = None, ()
             targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 parent = module.split(".")
                 parent = parent if is_package else parent[:-1]
                 parent = parent[: len(parent) - (node.level - 1)]
                 base = ".".join(parent + ([base] if base else []))
+            self.base, self.names = base, tuple(alias.name for alias in node.names)
             # `from pkg import name`: name may be a module of pkg, else an attribute of it.
             targets = [f"{base}.{alias.name}" for alias in node.names] or [base]
-        for target in targets:
-            hit = _resolve(target, known)
-            if hit is not None and hit != module:
-                found.add(hit)
-    return found
+        self.targets = {hit for t in targets
+                        if (hit := _resolve(t, known)) is not None and hit != module}
+
+
+def imports(module: str, path: pathlib.Path, known: set[str]) -> list[Import]:
+    """Every import of project modules in `module`, marking those inside a function."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nested = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nested |= {id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imp = Import(node, module, path.name == "__init__.py", known, id(node) in nested)
+            if imp.targets:
+                out.append(imp)
+    return out
 
 
 def layer(module: str) -> str:
@@ -89,30 +119,118 @@ def layer(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 and f"{parts[0]}.{parts[1]}" in ALLOWED else parts[0]
 
 
-def main() -> int:
+def group(module: str) -> str | None:
+    """The library group of `module` (`_train`, ...), `"public"` for the public modules of the
+    library, None outside the library."""
+    parts = module.split(".")
+    if layer(module) != "ntkbench":
+        return None
+    if len(parts) > 1 and parts[1] in GROUPS:
+        return parts[1]
+    return "public"
+
+
+def _public_names() -> set[str]:
+    """The names the public API lists (`ntkbench/__init__.pyi`)."""
+    tree = ast.parse((ROOT / "ntkbench" / "__init__.pyi").read_text())
+    return {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+            for a in n.names}
+
+
+def check() -> list[str]:
+    """Every violation of the module docstring's rules, one line each (empty: all hold)."""
     mods = modules()
     known = set(mods)
-    violations = []
-    edges = 0
+    public_names = _public_names()
+    out = []
     for module, path in mods.items():
-        lines = len(path.read_text().splitlines())
-        deps = sorted(imports_of(module, path, known))
-        edges += len(deps)
-        print(f"{lines:5d}  {module}")
-        if deps:
-            print(f"       -> {', '.join(deps)}")
-        for dep in deps:
-            if layer(dep) not in ALLOWED[layer(module)]:
-                violations.append(f"{module} imports {dep} ({layer(module)} may import only "
-                                  f"{', '.join(sorted(ALLOWED[layer(module)]))})")
-    print(f"\n{len(mods)} modules, {edges} imports between them.")
+        here = group(module)
+        for imp in imports(module, path, known):
+            for dep in sorted(imp.targets):
+                where = f"{path.relative_to(ROOT)}:{imp.line}"
+                if layer(dep) not in ALLOWED[layer(module)]:
+                    out.append(f"{where}: {module} imports {dep} (rule 1: {layer(module)} may "
+                               f"import only {', '.join(sorted(ALLOWED[layer(module)]))})")
+                there = group(dep)
+                if layer(module) == "ntkbench.launchers":
+                    if there is not None and dep not in PUBLIC:
+                        out.append(f"{where}: the launcher {module} imports {dep} (rule 4: "
+                                   "use the public API)")
+                    elif dep == "ntkbench" and imp.base == "ntkbench":
+                        bad = [n for n in imp.names if n not in public_names
+                               and f"ntkbench.{n}" not in PUBLIC]
+                        if bad:
+                            out.append(f"{where}: {module} imports {', '.join(bad)} from "
+                                       "ntkbench, which the public API does not list (rule 4)")
+                if here is None or there is None or here == there:
+                    continue
+                if here != "public" and there not in ("public",):
+                    if GROUPS.index(there) > GROUPS.index(here):
+                        out.append(f"{where}: {module} imports {dep}: group {here} may not "
+                                   f"import {there}, which comes after it (rule 2)")
+                    if dep != f"ntkbench.{there}":
+                        out.append(f"{where}: {module} imports {dep}, a module inside group "
+                                   f"{there}; import from ntkbench.{there} (rule 3)")
+                    private = [n for n in imp.names if n.startswith("_")]
+                    if private:
+                        out.append(f"{where}: {module} imports private {', '.join(private)} "
+                                   f"from group {there} (rule 3)")
+                if imp.nested and layer(module) == "ntkbench":
+                    out.append(f"{where}: {module} imports {dep} inside a function (rule 5)")
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [])
+            for name in names:
+                if name.startswith("ntkbench._") or name.startswith("ntkbench.launchers"):
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno}: the example imports "
+                               f"{name} (rule 4: use the public API)")
+    return out
+
+
+def group_edges() -> dict[tuple[str, str], int]:
+    """`{(group, imported group): number of import statements}` inside the library."""
+    mods = modules()
+    known = set(mods)
+    edges: dict[tuple[str, str], int] = collections.Counter()
+    for module, path in mods.items():
+        here = group(module)
+        if here is None:
+            continue
+        for imp in imports(module, path, known):
+            for there in {group(d) for d in imp.targets} - {here, None}:
+                edges[here, there] += 1
+    return dict(edges)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", action="store_true", help="only the graph between groups")
+    args = parser.parse_args()
+    mods = modules()
+    if args.groups:
+        by_group = collections.defaultdict(list)
+        for (a, b), n in sorted(group_edges().items()):
+            by_group[a].append(f"{b} ({n})")
+        for g in ("public", *GROUPS):
+            size = sum(len(p.read_text().splitlines()) for m, p in mods.items() if group(m) == g)
+            print(f"{g:13s} {size:5d} lines -> {', '.join(by_group.get(g, [])) or '-'}")
+    else:
+        known = set(mods)
+        for module, path in mods.items():
+            deps = sorted({d for imp in imports(module, path, known) for d in imp.targets})
+            print(f"{len(path.read_text().splitlines()):5d}  {module}")
+            if deps:
+                print(f"       -> {', '.join(deps)}")
+    violations = check()
     if violations:
-        print("One-way rule VIOLATED:")
+        print(f"\n{len(violations)} violation(s):")
         for v in violations:
             print(f"  {v}")
         return 1
-    print("One-way rule holds: kernels and checkpoints import nothing else of ours, the library "
-          "imports no launcher.")
+    print("\nEvery rule holds (one way between folders and groups; no private name across a "
+          "group line; launchers and examples on the public API; imports at the top).")
     return 0
 
 

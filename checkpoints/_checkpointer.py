@@ -67,19 +67,19 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ._format import (
-    _META,
-    _META_FILE,
-    _STATE,
-    _TMP_MARKER,
+    META,
+    META_FILE,
+    STATE,
+    TMP_MARKER,
     Fingerprinter,
-    _describe,
-    _is_leaf_array,
+    describe,
+    is_leaf_array,
     save_metadata,
 )
 from ._restore import (
     CheckpointCorruptError,
-    _match_template,
-    _restore_target,
+    match_template,
+    restore_target,
     quarantine,
     try_restore,
 )
@@ -157,7 +157,7 @@ class PackCheckpointer:
         self._clock = clock
         self._save_every_epochs = int(save_every_epochs)
         self._save_every_seconds = 60.0 * float(save_every_minutes)
-        leftovers = self._directory.glob(f"*{_TMP_MARKER}*") if self._directory.exists() else []
+        leftovers = self._directory.glob(f"*{TMP_MARKER}*") if self._directory.exists() else []
         for tmp in sorted(leftovers):
             logger.warning("Ignoring the unfinished checkpoint %s (a save that did not complete); "
                            "it is being removed.", tmp)
@@ -173,9 +173,9 @@ class PackCheckpointer:
             self._directory,
             options=options,
             item_handlers={
-                _STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
+                STATE: ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True,
                                                   use_compression=False),
-                _META: ocp.JsonCheckpointHandler(_META_FILE),
+                META: ocp.JsonCheckpointHandler(META_FILE),
             },
         )
         # Reads go through a per-process Checkpointer without barriers: a process that finds a
@@ -236,7 +236,7 @@ class PackCheckpointer:
         states laid out like `like` (same leaves, shapes, dtypes and shardings), so that the
         first save does not block training for the compilation (about half a second on a
         CPU). Optional; call it as soon as the state (or its template) exists."""
-        self._fingerprints.prepare(eqx.filter(like, _is_leaf_array))
+        self._fingerprints.prepare(eqx.filter(like, is_leaf_array))
 
     def should_save(self, epoch: int, *, force: bool = False) -> bool:
         """Whether to save the state reached after `epoch` epochs.
@@ -308,8 +308,8 @@ class PackCheckpointer:
         self._mngr.save(
             epoch,
             args=ocp.args.Composite(**{
-                _STATE: ocp.args.PyTreeSave(arrays),
-                _META: ocp.args.JsonSave(meta),
+                STATE: ocp.args.PyTreeSave(arrays),
+                META: ocp.args.JsonSave(meta),
             }),
             force=True,
         )
@@ -364,9 +364,9 @@ class PackCheckpointer:
         """
         self._mngr.wait_until_finished()
         self._mngr.reload()
-        arrays_like, static = eqx.partition(like, _is_leaf_array)
-        target = jax.tree_util.tree_map_with_path(lambda p, x: _restore_target(x, p), arrays_like)
-        expected = _describe(arrays_like)
+        arrays_like, static = eqx.partition(like, is_leaf_array)
+        target = jax.tree_util.tree_map_with_path(lambda p, x: restore_target(x, p), arrays_like)
+        expected = describe(arrays_like)
         failures: list[tuple[int, str]] = []
         for epoch in sorted(self._mngr.all_steps(), reverse=True):
             problem, meta, restored = try_restore(
@@ -375,7 +375,7 @@ class PackCheckpointer:
             if problem is None:
                 self._quarantine([e for e, _ in failures])
                 self._last_save_time = self._clock()
-                restored = jax.tree.map(_match_template, restored, arrays_like)
+                restored = jax.tree.map(match_template, restored, arrays_like)
                 return epoch, eqx.combine(restored, static), meta.get("extra", {})
             problem = problem[:500]
             logger.warning("Skipping the corrupt or incomplete checkpoint %s: %s",

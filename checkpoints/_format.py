@@ -22,19 +22,19 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_STATE = "state"
-_META = "meta"
-_CORRUPT_DIR = "corrupt"
-_TMP_MARKER = ".orbax-checkpoint-tmp"
-_STEP_METADATA = "_CHECKPOINT_METADATA"
-_META_FILE = "metadata"
+STATE = "state"
+META = "meta"
+CORRUPT_DIR = "corrupt"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+STEP_METADATA = "_CHECKPOINT_METADATA"
+META_FILE = "metadata"
 
 
-def _is_leaf_array(x) -> bool:
+def is_leaf_array(x) -> bool:
     return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
-def _is_key(dtype) -> bool:
+def is_key(dtype) -> bool:
     return jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
@@ -44,7 +44,7 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
     Each 32-bit word `w_i` (narrower dtypes are widened, 64-bit ones split) is mixed with its
     index by a bijection, so changing any one word always changes the wrap-around sum.
     """
-    if _is_key(x.dtype):
+    if is_key(x.dtype):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
@@ -70,7 +70,7 @@ def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
     return jnp.stack([_leaf_fingerprint(x) for x in leaves])
 
 
-def _describe(tree) -> dict[str, dict[str, Any]]:
+def describe(tree) -> dict[str, dict[str, Any]]:
     """`{key path: {"shape", "dtype"}}` of the array (or ShapeDtypeStruct) leaves of `tree`."""
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -189,7 +189,7 @@ def save_metadata(epoch: int, arrays, extra: Mapping[str, Any] | None,
                 "save them in a multi-process run. Place every leaf on the global mesh first, "
                 "e.g. `eqx.filter_shard(x, NamedSharding(mesh, P()))` for scalars and "
                 "replicated arrays.")
-    leaves = _describe(arrays)
+    leaves = describe(arrays)
     for path, fp in fingerprint(arrays).items():
         leaves[path]["fingerprint"] = fp
     return {"format": FORMAT_VERSION, "epoch": epoch, "leaves": leaves, "extra": extra}

@@ -28,13 +28,13 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ._format import (
-    _CORRUPT_DIR,
-    _META,
-    _META_FILE,
-    _STATE,
-    _STEP_METADATA,
+    CORRUPT_DIR,
+    META,
+    META_FILE,
+    STATE,
+    STEP_METADATA,
     FORMAT_VERSION,
-    _is_key,
+    is_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class CheckpointCorruptError(RuntimeError):
     """Every checkpoint in a directory is unreadable, so none can be restored."""
 
 
-def _match_template(restored: jax.Array, template) -> jax.Array:
+def match_template(restored: jax.Array, template) -> jax.Array:
     """Gives `restored` the template leaf's commitment and weak type, which Orbax drops.
 
     An uncommitted template leaf (e.g. `jnp.asarray(0)`) comes back uncommitted, so that jit
@@ -56,7 +56,7 @@ def _match_template(restored: jax.Array, template) -> jax.Array:
     that dtype promotion, and hence the resumed run, is exactly as before the interruption.
     """
     if isinstance(template, jax.Array) and not template.committed:
-        if _is_key(restored.dtype):
+        if is_key(restored.dtype):
             data = jnp.asarray(jax.device_get(jax.random.key_data(restored)))
             restored = jax.random.wrap_key_data(data, impl=jax.random.key_impl(restored))
         else:
@@ -123,7 +123,7 @@ def _sibling_read_failures_logged(grace_s: float = 1.0):
         sys.unraisablehook = previous
 
 
-def _restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
+def restore_target(leaf, path) -> jax.ShapeDtypeStruct | np.ndarray:
     if isinstance(leaf, np.ndarray):
         return leaf  # restored as a numpy array
     sharding = getattr(leaf, "sharding", None)
@@ -147,12 +147,12 @@ def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target, expected
     """
     problem, meta = None, {}
     try:
-        json.loads((step_dir / _STEP_METADATA).read_text())
+        json.loads((step_dir / STEP_METADATA).read_text())
     except Exception as e:  # noqa: BLE001 - any failure to read means "incomplete"
-        problem = f"step metadata {_STEP_METADATA} unreadable ({type(e).__name__}: {e})"
+        problem = f"step metadata {STEP_METADATA} unreadable ({type(e).__name__}: {e})"
     if problem is None:
         try:
-            meta = json.loads((step_dir / _META / _META_FILE).read_text())
+            meta = json.loads((step_dir / META / META_FILE).read_text())
             if not isinstance(meta.get("leaves"), dict):
                 raise KeyError("leaves")
         except Exception as e:  # noqa: BLE001
@@ -179,7 +179,7 @@ def try_restore(reader: ocp.Checkpointer, step_dir: epath.Path, target, expected
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         with _sibling_read_failures_logged():
             restored = reader.restore(
-                step_dir / _STATE,
+                step_dir / STATE,
                 args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
     except Exception as e:  # noqa: BLE001
         problem = f"arrays unreadable ({type(e).__name__}: {e})"
@@ -198,7 +198,7 @@ def quarantine(directory: epath.Path, epochs: list[int]) -> None:
     every process waits for it), so they are never listed or pruned again."""
     if jax.process_index() == 0:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
-        dest_root = directory / _CORRUPT_DIR
+        dest_root = directory / CORRUPT_DIR
         dest_root.mkdir(parents=True, exist_ok=True)
         for epoch in epochs:
             src = directory / str(epoch)

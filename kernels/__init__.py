@@ -25,39 +25,11 @@ Matrix-free spectra for large N:
     one pass, `structured_vp_fn` for dense networks); with the top of the spectrum handled
     exactly: `deflated_slq` (after `top_subspace`) and `frobenius_hutchpp` -> `HutchppGram`
     (`tr(K_a K_b)` of one or two kernels on shared probes), `mean_cov`, `delta_method`.
+
+The names are loaded on first use (`__init__.pyi` lists them, for readers and type checkers), so
+that the library's config can check `ntk_method` against `NtkMethod` without importing JAX.
 """
 
-from ._deflated import HutchppGram as HutchppGram
-from ._deflated import deflated_slq as deflated_slq
-from ._deflated import delta_method as delta_method
-from ._deflated import frobenius_hutchpp as frobenius_hutchpp
-from ._deflated import mean_cov as mean_cov
-from ._deflated import top_subspace as top_subspace
-from ._implicit import ntk_vp_fn as ntk_vp_fn
-from ._linears import HybridPlan as HybridPlan
-from ._linears import LinearInfo as LinearInfo
-from ._linears import analyze_linears as analyze_linears
-from ._methods import NtkMethod as NtkMethod
-from ._methods import explain_method as explain_method
-from ._methods import resolve_method as resolve_method
-from ._ntk import as_matrix as as_matrix
-from ._ntk import layer_ntks as layer_ntks
-from ._ntk import ntk as ntk
-from ._ntk import ntk_diagonal as ntk_diagonal
-from ._ntk import ntk_trace as ntk_trace
-from ._ntk import ntk_vp as ntk_vp
-from ._packs import pack_map as pack_map
-from ._products import Matvec as Matvec
-from ._products import ntk_diagonal_and_vp as ntk_diagonal_and_vp
-from ._products import structured_vp_fn as structured_vp_fn
-from ._protocol import StructuredModel as StructuredModel
-from ._protocol import supports_structured as supports_structured
-from ._slq import SpectralEstimate as SpectralEstimate
-from ._slq import cosine_ntk_vp_fn as cosine_ntk_vp_fn
-from ._slq import lanczos as lanczos
-from ._slq import slq as slq
-from ._slq import slq_entropy as slq_entropy
-from ._structured import LayerNTKs as LayerNTKs
-from ._trace_estimators import TraceEstimate as TraceEstimate
-from ._trace_estimators import hutchinson_trace as hutchinson_trace
-from ._trace_estimators import hutchpp_trace as hutchpp_trace
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._common import HIGHEST
-from ._slq import _gauss_quadrature, lanczos
-from ._trace_estimators import TraceEstimate, _control_variate, _mean_stderr
+from ._slq import gauss_quadrature, lanczos
+from ._trace_estimators import TraceEstimate, control_variate, mean_stderr
 
 Matvec = Callable[[Array], Array]
 
@@ -236,12 +236,12 @@ def deflated_slq(
     def one(v):
         alpha, beta = lanczos(flat, v, steps)
         nrm = jnp.vdot(v, v)
-        return nrm * _gauss_quadrature(alpha, beta, fn), nrm * alpha[0]
+        return nrm * gauss_quadrature(alpha, beta, fn), nrm * alpha[0]
 
     values, controls = jax.vmap(one)(vectors)
     deflated, samples = jnp.sum(values[:kd]), values[kd:]
     if trace is None:
-        rest = _mean_stderr(samples)
+        rest = mean_stderr(samples)
     else:
-        rest = _control_variate(samples, controls[kd:], trace - jnp.sum(controls[:kd]))
+        rest = control_variate(samples, controls[kd:], trace - jnp.sum(controls[:kd]))
     return TraceEstimate(deflated + rest.estimate, rest.stderr)

@@ -35,18 +35,18 @@ from ._common import (
     split,
     tiled,
 )
-from ._implicit import _jvp_tile, _vjp_tangents
+from ._implicit import jvp_tile, vjp_tangents
 from ._linears import (
     HybridPlan,
-    _example,
     _is_linear,
     _Log,
     _Stand,
     analyze_linears,
+    example_spec,
     rest_partition,
 )
 from ._protocol import num_trainable
-from ._structured import Features, _layer_terms
+from ._structured import Features, layer_terms
 
 REST_MODES = ("jacobian", "implicit")
 
@@ -101,7 +101,7 @@ def _rows_fn(model, plan: HybridPlan, with_rest: bool):
 
 def _struct_acc(f1: Features, f2: Features, layout, acc=None):
     """`Σ_l K_l ⊙ G_l` in the `(i, a, j, b)` layout added to `acc` (None: no term yet)."""
-    for _, k, g in _layer_terms(f1, f2, layout):
+    for _, k, g in layer_terms(f1, f2, layout):
         term = k[:, None, :, None] * g
         acc = term if acc is None else acc + term
     return acc
@@ -168,7 +168,7 @@ def ntk_hybrid(
         `(n1, n2, O, O)`.
     """
     check_inputs(x1, x2)
-    plan = analyze_linears(model, _example(x1)) if plan is None else plan
+    plan = analyze_linears(model, example_spec(x1)) if plan is None else plan
     if rest == "auto":
         rest, _ = choose_rest(model, x1, x2, plan)
     if rest not in REST_MODES:
@@ -216,12 +216,12 @@ def ntk_hybrid(
 
     def row_fn(t2):
         xb2, fb2 = t2
-        return fb2, _vjp_tangents(rest_params, f_rest, xb2, o, dtype)
+        return fb2, vjp_tangents(rest_params, f_rest, xb2, o, dtype)
 
     def tile_fn(row, _, t1):
         fb2, tangents = row
         xb1, fb1 = t1
-        out = _jvp_tile(rest_params, f_rest, xb1, tangents)
+        out = jvp_tile(rest_params, f_rest, xb1, tangents)
         acc = _struct_acc(fb2, fb1, layout)
         return out if acc is None else out + sample_major(acc)
 
@@ -238,7 +238,7 @@ def diagonal_hybrid(
     """`Θ[(i,a),(i,a)] = Σ_l (|h_il|² + [has_bias]) |δ_ial|² + |J_rest,ia|²` from one forward
     and O reverse passes per example, `block_size` examples at a time."""
     check_inputs(x, None)
-    plan = analyze_linears(model, _example(x)) if plan is None else plan
+    plan = analyze_linears(model, example_spec(x)) if plan is None else plan
     params, f = split(model)
     o, dtype = out_size(f, params, x)
     p_rest = num_trainable(model) - plan.num_structured

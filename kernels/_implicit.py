@@ -17,7 +17,7 @@ from jaxtyping import Array, Float
 from ._common import MATMUL_PRECISION, block_len, out_size, split, tiled
 
 
-def _vjp_tangents(params, f, xb: Array, o: int, dtype):
+def vjp_tangents(params, f, xb: Array, o: int, dtype):
     """`J(x_j)ᵀ e_b` for every example `j` of the block and logit `b`: leaves `(b2, O, *shape)`."""
     eye = jnp.eye(o, dtype=dtype)
 
@@ -28,7 +28,7 @@ def _vjp_tangents(params, f, xb: Array, o: int, dtype):
     return jax.vmap(one)(xb)
 
 
-def _jvp_tile(params, f, xb1: Array, tangents) -> Float[Array, "b2 b1 o o"]:
+def jvp_tile(params, f, xb1: Array, tangents) -> Float[Array, "b2 b1 o o"]:
     """`Θ[(i,a),(j,b)] = <g_ia, t_jb>` in the layout `[j, i, b, a]`, by pushing every tangent
     through the batch `xb1` with one (vmapped) jvp."""
     fb = lambda p: jax.vmap(f, in_axes=(None, 0))(p, xb1)
@@ -54,8 +54,8 @@ def ntk_implicit(
     # blocks of x1, so the kernel is built as Θ(x2, x1) and transposed at the end (for x2=None it
     # is symmetric and no transpose is needed).
     k = tiled(
-        lambda xb2: _vjp_tangents(params, f, xb2, o, dtype),
-        lambda t, _, xb1: _jvp_tile(params, f, xb1, t),
+        lambda xb2: vjp_tangents(params, f, xb2, o, dtype),
+        lambda t, _, xb1: jvp_tile(params, f, xb1, t),
         x2,
         x1,
         block_len(n2, block_size),

@@ -254,7 +254,7 @@ def rest_names(model, plan: HybridPlan) -> list[tuple[str, tuple[int, ...]]]:
 
 
 
-def _example(x: Array) -> jax.ShapeDtypeStruct:
+def example_spec(x: Array) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 from jaxtyping import Array
@@ -11,36 +10,12 @@ from jaxtyping import Array
 from . import _cost
 from ._common import check_inputs, out_size, split
 from ._hybrid import choose_rest
-from ._linears import HybridPlan, _example, analyze_linears, describe
+from ._linears import HybridPlan, analyze_linears, describe, example_spec
+from ._names import NtkMethod
 from ._protocol import num_trainable, supports_structured
 
 
-class NtkMethod(enum.Enum):
-    """How `ntk` computes the kernel (all are exact; they differ in speed and memory).
-
-    - `JACOBIAN`: per-example `jax.jacrev`, contracted over parameters. Memory `~ N·O·P`.
-    - `IMPLICIT`: NTK-vector products (jvp of vjp over blocks of basis vectors); the Jacobian of
-      `x1` is never formed. Fewer FLOPs than `JACOBIAN` when a forward pass is cheap relative to
-      `O·P` (dense nets), more for weight-sharing layers (convolutions).
-    - `STRUCTURED`: the dense-layer identity of docs/definitions.md §1 (`StructuredModel` protocol only);
-      orders of magnitude faster for MLPs.
-    - `HYBRID`: any model. The dense-layer identity for every `eqx.nn.Linear` the model calls
-      once per example at the top level of its forward pass (see `ntkbench.kernels._linears`),
-      the Jacobian or NTK-vector products for all other parameters (LayerNorms, convolutions,
-      Linears applied per token under a vmap, ...).
-    - `AUTO`: `STRUCTURED` if the model implements the protocol, else whichever of `JACOBIAN`,
-      `IMPLICIT` and (if the model has a recognized Linear) `HYBRID` a static FLOP count (dots
-      and convolutions of the jaxpr) says is cheaper; `explain_method` says why.
-    """
-
-    AUTO = "auto"
-    JACOBIAN = "jacobian"
-    IMPLICIT = "implicit"
-    STRUCTURED = "structured"
-    HYBRID = "hybrid"
-
-
-def _parse_method(method: str | NtkMethod) -> NtkMethod:
+def parse_method(method: str | NtkMethod) -> NtkMethod:
     try:
         return NtkMethod(method)
     except ValueError:
@@ -76,7 +51,7 @@ def _auto(model, x1: Array, x2: Array | None) -> _Choice:
         "jacobian": _cost.jacobian_cost(n1, n2, o, p, flops, symmetric=x2 is None),
         "implicit": _cost.implicit_cost(n1, n2, o, p, flops),
     }
-    plan = analyze_linears(model, _example(x1))
+    plan = analyze_linears(model, example_spec(x1))
     rest = None
     if plan.structured:
         rest, hybrid = choose_rest(model, x1, x2, plan, flops)
@@ -115,7 +90,7 @@ def resolve_method(model, x1: Array, x2: Array | None = None, method="auto") -> 
     Returns:
         A concrete `NtkMethod` (never `AUTO`).
     """
-    method = _parse_method(method)
+    method = parse_method(method)
     if method is not NtkMethod.AUTO:
         return method
     return _auto(model, x1, x2).method
@@ -187,13 +162,13 @@ def explain_method(model, x1: Array, x2: Array | None = None) -> str:
     return text
 
 
-def _resolve(model, x1, x2, method) -> tuple[NtkMethod, HybridPlan | None, str | None]:
+def resolve(model, x1, x2, method) -> tuple[NtkMethod, HybridPlan | None, str | None]:
     """`(method, plan, rest)`: the concrete method and, for HYBRID, its plan and rest mode."""
-    method = _parse_method(method)
+    method = parse_method(method)
     if method is NtkMethod.AUTO:
         choice = _auto(model, x1, x2)
         return choice.method, choice.plan, choice.rest
     if method is NtkMethod.HYBRID:
-        plan = analyze_linears(model, _example(x1))
+        plan = analyze_linears(model, example_spec(x1))
         return method, plan, choose_rest(model, x1, x2, plan)[0]
     return method, None, None

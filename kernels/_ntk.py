@@ -13,8 +13,8 @@ from ._common import MATMUL_PRECISION, check_inputs
 from ._hybrid import diagonal_hybrid, ntk_hybrid
 from ._implicit import ntk_implicit, ntk_vp_fn
 from ._jacobian import diagonal_jacobian, ntk_jacobian
-from ._linears import _example, analyze_linears
-from ._methods import NtkMethod, _parse_method, _resolve
+from ._linears import analyze_linears, example_spec
+from ._methods import NtkMethod, parse_method, resolve
 from ._protocol import supports_structured
 from ._structured import LayerNTKs, diagonal_structured, layer_ntks_structured, ntk_structured
 
@@ -75,7 +75,7 @@ def ntk(
         `(n1, n2, O, O)`; use `as_matrix` for the `(n1·O, n2·O)` form.
     """
     check_inputs(x1, x2)
-    method, plan, rest = _resolve(model, x1, x2, method)
+    method, plan, rest = resolve(model, x1, x2, method)
     if method is NtkMethod.HYBRID:
         return ntk_hybrid(model, x1, x2, block_size, plan=plan, rest=rest)
     return _NTK_FNS[method](model, x1, x2, block_size)
@@ -129,13 +129,13 @@ def ntk_diagonal(
         `(n, O)`.
     """
     check_inputs(x, None)
-    method = _parse_method(method)
+    method = parse_method(method)
     plan = None
     if method is NtkMethod.AUTO:
         if supports_structured(model):
             method = NtkMethod.STRUCTURED
         else:  # the hybrid diagonal never costs more than the Jacobian one
-            plan = analyze_linears(model, _example(x))
+            plan = analyze_linears(model, example_spec(x))
             method = NtkMethod.HYBRID if plan.structured else NtkMethod.JACOBIAN
     if method is NtkMethod.STRUCTURED:
         return diagonal_structured(model, x, block_size)

@@ -31,7 +31,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._common import MATMUL_PRECISION
 from ._implicit import ntk_vp_fn
 from ._ntk import ntk_diagonal
-from ._trace_estimators import Matvec, TraceEstimate, _control_variate, _mean_stderr, _rademacher
+from ._trace_estimators import Matvec, TraceEstimate, control_variate, mean_stderr, rademacher
 
 EIGENVALUE_FLOOR = 1e-14  # docs/definitions.md §3
 
@@ -102,7 +102,7 @@ def lanczos(
     return alpha, beta
 
 
-def _gauss_quadrature(alpha, beta, fn) -> Float[Array, ""]:
+def gauss_quadrature(alpha, beta, fn) -> Float[Array, ""]:
     """`e₁ᵀ f(T) e₁ = Σ_j τ_j f(θ_j)` for the Lanczos tridiagonal `T`."""
     t = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
     theta, u = jnp.linalg.eigh(t)
@@ -154,17 +154,17 @@ def slq(
         m *= s
     k = min(int(num_steps), m)
     flat = lambda v: jnp.reshape(matvec_fn(jnp.reshape(v, shape)), (m,))
-    z = _rademacher(key, num_probes, (m,), dtype)
+    z = rademacher(key, num_probes, (m,), dtype)
 
     def one(zi):
         alpha, beta = lanczos(flat, zi, k)
         nrm = jnp.vdot(zi, zi)
-        return nrm * _gauss_quadrature(alpha, beta, fn), nrm * alpha[0]
+        return nrm * gauss_quadrature(alpha, beta, fn), nrm * alpha[0]
 
     samples, controls = jax.vmap(one)(z)
     if trace is None:
-        return _mean_stderr(samples)
-    return _control_variate(samples, controls, trace)
+        return mean_stderr(samples)
+    return control_variate(samples, controls, trace)
 
 
 def cosine_ntk_vp_fn(

@@ -86,7 +86,7 @@ def features(model, layout, x: Array, block_size: int | None = None) -> Features
     )
 
 
-def _layer_terms(f1: Features, f2: Features, layout):
+def layer_terms(f1: Features, f2: Features, layout):
     """Yield `(C_l, K_l, G_l)` per layer: the conjugate kernel `C_l = H1 H2ᵀ` `(n1, n2)`,
     `K_l = C_l + [has_bias]` and the signal Gram `G_l` `(n1, O, n2, O)`."""
     for h1, h2, d1, d2, (_, _, has_bias) in zip(f1.inputs, f2.inputs, f1.deltas, f2.deltas, layout):
@@ -97,7 +97,7 @@ def _layer_terms(f1: Features, f2: Features, layout):
 
 def _tile(f1: Features, f2: Features, layout) -> Float[Array, "n1 n2 o o"]:
     acc = None
-    for _, k, g in _layer_terms(f1, f2, layout):
+    for _, k, g in layer_terms(f1, f2, layout):
         term = k[:, None, :, None] * g
         acc = term if acc is None else acc + term
     return sample_major(acc)
@@ -177,7 +177,7 @@ def layer_ntks_structured(
 
     def tile(r, c):
         return jnp.stack(
-            [sample_major(k[:, None, :, None] * g) for _, k, g in _layer_terms(r, c, layout)]
+            [sample_major(k[:, None, :, None] * g) for _, k, g in layer_terms(r, c, layout)]
         )
 
     ntks = tiled(

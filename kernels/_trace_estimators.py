@@ -25,11 +25,11 @@ class TraceEstimate(NamedTuple):
     stderr: Float[Array, ""]
 
 
-def _rademacher(key: PRNGKeyArray, num: int, shape, dtype) -> Array:
+def rademacher(key: PRNGKeyArray, num: int, shape, dtype) -> Array:
     return jax.random.rademacher(key, (num, *shape), dtype=dtype)
 
 
-def _mean_stderr(samples: Float[Array, " k"]) -> TraceEstimate:
+def mean_stderr(samples: Float[Array, " k"]) -> TraceEstimate:
     k = samples.shape[0]
     se = jnp.std(samples, ddof=1) / jnp.sqrt(k) if k > 1 else jnp.full((), jnp.inf, samples.dtype)
     return TraceEstimate(jnp.mean(samples), se)
@@ -63,10 +63,10 @@ def hutchinson_trace(
     Returns:
         `TraceEstimate(estimate, stderr)`.
     """
-    z = _rademacher(key, num_probes, shape, dtype)
+    z = rademacher(key, num_probes, shape, dtype)
     az = jax.vmap(matvec_fn)(z)
     axes = tuple(range(1, z.ndim))
-    return _mean_stderr(jnp.sum(z * az, axis=axes))
+    return mean_stderr(jnp.sum(z * az, axis=axes))
 
 
 def hutchpp_trace(
@@ -111,16 +111,16 @@ def hutchpp_trace(
     ks, kg = jax.random.split(key)
     flat = lambda v: jnp.reshape(matvec_fn(jnp.reshape(v, shape)), (m,))
     mv = jax.vmap(flat, in_axes=1, out_axes=1)
-    s = _rademacher(ks, k, (m,), dtype).T  # (m, k)
+    s = rademacher(ks, k, (m,), dtype).T  # (m, k)
     q, _ = jnp.linalg.qr(mv(s))
     exact = jnp.trace(q.T @ mv(q))
-    g = _rademacher(kg, num_probes - 2 * k, (m,), dtype).T
+    g = rademacher(kg, num_probes - 2 * k, (m,), dtype).T
     g = g - q @ (q.T @ g)
-    rest = _mean_stderr(jnp.sum(g * mv(g), axis=0))
+    rest = mean_stderr(jnp.sum(g * mv(g), axis=0))
     return TraceEstimate(exact + rest.estimate, rest.stderr)
 
 
-def _control_variate(samples: Array, controls: Array, control_mean) -> TraceEstimate:
+def control_variate(samples: Array, controls: Array, control_mean) -> TraceEstimate:
     """Mean of `samples` with the linear control variate `controls` of known mean.
 
     `ŝ = mean(s) − ĉ (mean(q) − E q)` with the regression coefficient `ĉ = cov(s, q) / var(q)`;
@@ -128,7 +128,7 @@ def _control_variate(samples: Array, controls: Array, control_mean) -> TraceEsti
     """
     k = samples.shape[0]
     if k < 3:
-        return _mean_stderr(samples)
+        return mean_stderr(samples)
     q = controls - jnp.mean(controls)
     var_q = jnp.sum(q * q)
     c = jnp.where(

@@ -8,7 +8,6 @@ import sys
 from absl import flags, logging
 
 import ntkbench
-from ntkbench._errors import EXIT_INTEGRITY
 from ntkbench.launchers._config_file import (
     UsageError,
     define_config,
@@ -17,7 +16,9 @@ from ntkbench.launchers._config_file import (
     strip_config,
 )
 from ntkbench.launchers._devices import define_runtime_flags, init_runtime
+from ntkbench.launchers._profile_cmd import profile
 from ntkbench.launchers._progress import ProgressDisplay
+from ntkbench.launchers._report_cmd import calibrate, report
 from ntkbench.launchers._tables import status_table, summary_table
 from ntkbench.launchers._watch import StopFlag, Watchdog
 
@@ -92,9 +93,10 @@ def _trace_hook(trace_dir: str | None, chunk_to_trace: int):
 def cmd_run(argv: list[str]) -> int:
     config, model_fn, fv = _config_and_flags(argv, _run_flags)
     workdir = _require_workdir(fv)
-    from ntkbench._sweep import parse_shard
-
-    parse_shard(fv.shard)  # bad input fails before JAX starts
+    try:
+        ntkbench.parse_shard(fv.shard)  # bad input fails before JAX starts
+    except ntkbench.ConfigError as e:
+        raise UsageError(str(e)) from None
     runtime = init_runtime(fv)
     display = ProgressDisplay(fv.progress, log=logging.info)
     watchdog = Watchdog(fv.watchdog_seconds, fv.watchdog_factor) if fv.watchdog_seconds else None
@@ -124,55 +126,40 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
-def _manifest_of(workdir: str):
-    from ntkbench._workdir import Workdir
-
-    wd = Workdir(workdir)
-    manifest = wd.read_manifest()
-    if manifest is None:
-        raise UsageError(f"{workdir!r} holds no ntkbench sweep.")
-    return wd, manifest
-
-
 def cmd_status(argv: list[str]) -> int:
     fv = parse(argv, _workdir_flag)
-    wd, manifest = _manifest_of(_require_workdir(fv))
-    print(status_table(wd, manifest))
+    try:
+        status = ntkbench.sweep_status(_require_workdir(fv))
+    except ntkbench.WorkdirError as e:
+        raise UsageError(str(e)) from None
+    print(status_table(status))
     return 0
 
 
 def cmd_verify(argv: list[str]) -> int:
     fv = parse(argv, _workdir_flag)
     workdir = _require_workdir(fv)
-    from ntkbench._planner import packs_from_json
-    from ntkbench._verify import describe
-
-    _, manifest = _manifest_of(workdir)
-    damage = ntkbench.verify(workdir)
+    try:
+        damage = ntkbench.verify(workdir)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     if not damage:
-        print(f"{workdir}: every committed value is present and readable.")
+        print(f"{workdir}: {damage.describe()}.")
         return 0
-    packs = packs_from_json(ntkbench._config.stored(manifest["config"]), manifest["packs"])
-    print(f"ntkbench: error: {describe(damage, packs)}; rerun the sweep's `ntkbench run` "
-          "command to retrain exactly these packs.", file=sys.stderr)
-    return EXIT_INTEGRITY
+    print(f"ntkbench: error: {damage.describe()}; rerun the sweep's `ntkbench run` command to "
+          "retrain exactly these packs.", file=sys.stderr)
+    return ntkbench.ExitStatus.INTEGRITY
 
 
 def cmd_report(argv: list[str]) -> int:
-    from ntkbench.launchers._report_cmd import report
-
     return report(argv)
 
 
 def cmd_calibrate(argv: list[str]) -> int:
-    from ntkbench.launchers._report_cmd import calibrate
-
     return calibrate(argv)
 
 
 def cmd_profile(argv: list[str]) -> int:
-    from ntkbench.launchers._profile_cmd import profile
-
     return profile(argv)
 
 

@@ -6,7 +6,7 @@ import os
 
 from absl import flags
 
-from ntkbench import Runtime
+import ntkbench
 from ntkbench.launchers._config_file import UsageError
 
 
@@ -41,7 +41,7 @@ def _default_cache() -> str:
     return os.path.join(base, "ntkbench", "xla")
 
 
-def init_runtime(fv) -> Runtime:
+def init_runtime(fv) -> ntkbench.Runtime:
     """Configure JAX from the flags, start the distributed runtime, and describe the devices."""
     import jax
 
@@ -72,4 +72,4 @@ def init_runtime(fv) -> Runtime:
         if jax.default_backend() == "cpu" and jax.process_count() > 1:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
     sequential = {"auto": None, "true": True, "false": False}[fv.sequential_members]
-    return Runtime.on(jax.devices(), sequential=sequential)
+    return ntkbench.Runtime.on(jax.devices(), sequential=sequential)

@@ -6,7 +6,8 @@ import os
 
 from absl import flags
 
-from ntkbench.launchers._config_file import UsageError, parse
+import ntkbench
+from ntkbench.launchers._config_file import UsageError, parse, preset_or_file
 
 
 def _define(fv) -> None:
@@ -43,36 +44,29 @@ def profile(argv: list[str]) -> int:
                 jax.config.update("jax_num_cpu_devices", max(counts))
             except RuntimeError:
                 pass  # JAX already started (e.g. under tests): use the devices there are
-        from ntkbench._devices import format_device_table, profile_devices
-
         devices = jax.devices()
-        rows, what = profile_devices(counts, devices, trace_dir=fv.trace_dir)
+        rows, what = ntkbench.profile_devices(counts, devices, trace_dir=fv.trace_dir)
         print(f"backend {jax.default_backend()}, {len(devices)} devices; {what}")
-        print(format_device_table(rows))
+        print(ntkbench.format_device_table(rows))
         return 0
-    from ntkbench import _profiling as profiling
-    from ntkbench._profile_table import format_table
-
     if fv.config:
-        from ntkbench.launchers._config_file import preset_or_file
-
         cd, model_fn = preset_or_file(fv.config)
         if model_fn is None:
             raise UsageError(f"{fv.config} defines no model_fn; --config profiles a user's "
                              "model (docs/models.md).")
-        print(profiling.profile_model(model_fn, cd, n=fv.n, repeats=fv.repeats,
-                                      key=jax.random.key(fv.seed)))
+        print(ntkbench.profile_model(model_fn, cd, n=fv.n, repeats=fv.repeats,
+                                     key=jax.random.key(fv.seed)))
         return 0
     try:
         widths = tuple(int(w) for w in fv.widths)
     except ValueError:
         raise UsageError(f"--widths={','.join(fv.widths)} must be integers, e.g. "
                          "--widths=64,256.") from None
-    rows = profiling.run_profile(widths=widths, methods=tuple(fv.methods), n=fv.n,
-                                 repeats=fv.repeats, pack_size=fv.pack_size,
-                                 compare_neural_tangents=fv.compare_neural_tangents,
-                                 key=jax.random.key(fv.seed),
-                                 sequential=jax.default_backend() == "cpu",
-                                 trace_dir=fv.trace_dir)
-    print(format_table(rows))
+    rows = ntkbench.profile_kernels(widths=widths, methods=tuple(fv.methods), n=fv.n,
+                                    repeats=fv.repeats, pack_size=fv.pack_size,
+                                    compare_neural_tangents=fv.compare_neural_tangents,
+                                    key=jax.random.key(fv.seed),
+                                    sequential=jax.default_backend() == "cpu",
+                                    trace_dir=fv.trace_dir)
+    print(ntkbench.format_table(rows))
     return 0

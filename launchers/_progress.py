@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ntkbench import Progress
+from tqdm import tqdm
+
+import ntkbench
 
 
 def fmt_time(s: float) -> str:
@@ -23,7 +25,7 @@ def _rate(r: float) -> str:
     return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
 
 
-def line(p: Progress) -> str:
+def line(p: ntkbench.Progress) -> str:
     """The one-line form of a progress event."""
     left = p.member_epochs_total - p.member_epochs_done
     eta = fmt_time(left / p.rate) if p.rate > 0 else "?"
@@ -55,7 +57,7 @@ class ProgressDisplay:
         else:
             self._log(message)
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: ntkbench.Progress) -> None:
         if self.mode == "none":
             return
         if self.mode == "log":
@@ -66,9 +68,7 @@ class ProgressDisplay:
             return
         self._bar_update(p)
 
-    def _bar_update(self, p: Progress) -> None:
-        from tqdm import tqdm
-
+    def _bar_update(self, p: ntkbench.Progress) -> None:
         if self._pack != p.pack_id:
             self.close()
             self._pack = p.pack_id

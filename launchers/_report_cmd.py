@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
-from absl import flags
+from absl import flags, logging
 
 import ntkbench
 from ntkbench.launchers._config_file import UsageError, define_config, parse, strip_config
+from ntkbench.launchers._progress import ProgressDisplay
+from ntkbench.launchers._watch import StopFlag
 
 
 def _define_report(fv) -> None:
@@ -34,10 +36,8 @@ def report(argv: list[str]) -> int:
         out = fv.out or os.path.join(fv.workdir[0], "report")
         paths = ntkbench.write_report(datasets[0], out, allow_partial=fv.allow_partial)
     else:
-        from ntkbench._compare import write_comparison
-
         out = fv.out or os.path.join(fv.workdir[0], "compare")
-        paths = write_comparison(datasets, out, allow_partial=fv.allow_partial)
+        paths = ntkbench.write_comparison(datasets, out, allow_partial=fv.allow_partial)
     for p in paths:
         print(p)
     return 0
@@ -66,14 +66,7 @@ def _numbers(values: list[str], flag: str, example: str) -> list[float]:
 def calibrate(argv: list[str]) -> int:
     """`ntkbench calibrate --config=quick --lrs=1e-4,3e-4,1e-3 [--seeds=2] [--window=LO,HI]
     [--workdir=DIR]`: where k* lands per lr and width, and the largest lr that puts it in the
-    window (`ntkbench._calibrate`)."""
-    from absl import logging
-
-    from ntkbench._calibrate import calibrate as run_calibration
-    from ntkbench._calibrate import format_calibration
-    from ntkbench.launchers._progress import ProgressDisplay
-    from ntkbench.launchers._watch import StopFlag
-
+    window (`ntkbench.calibrate`)."""
     holder = {}
 
     def define(fv):
@@ -98,9 +91,9 @@ def calibrate(argv: list[str]) -> int:
     display = ProgressDisplay("auto", log=logging.info)
     hooks = ntkbench.Hooks(log=display.log, progress=display, should_stop=StopFlag())
     try:
-        result = run_calibration(config, lrs=lrs, num_seeds=fv.seeds, window=window,
+        result = ntkbench.calibrate(config, lrs=lrs, num_seeds=fv.seeds, window=window,
                                  workdir=workdir, hooks=hooks, model_fn=holder["model_fn"])
     finally:
         display.close()
-    print(format_calibration(result))
+    print(result.format())
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 
-from ntkbench._workdir import Workdir
+import ntkbench
 from ntkbench.launchers._progress import fmt_time
 
 
@@ -35,37 +34,21 @@ def summary_table(ds) -> str:
     return "\n".join(lines)
 
 
-def status_table(wd: Workdir, manifest: dict) -> str:
-    """Per pack: status, epochs done, rate, ETA and the age of the last checkpoint. A pack
-    marked running while no process holds the workdir was interrupted (e.g. killed)."""
-    epochs = manifest["config"]["epochs"]
-    now = time.time()
-    locked = wd.is_locked()
+def status_table(st: ntkbench.SweepStatus) -> str:
+    """Per pack: status, epochs done, rate, ETA and the age of the last checkpoint
+    (`ntkbench.sweep_status`)."""
     lines = [f"{'pack':>4} {'status':11} {'members':>7} {'width<=':>7} {'epochs':>11} "
              f"{'m-epochs/s':>10} {'ETA':>8} {'last ckpt':>12}"]
-    total_left = total_rate = 0.0
-    for p in manifest["packs"]:
-        st = wd.read_status(p["pack_id"])
-        status = st.get("status", "pending")
-        if status == "running" and not locked:
-            status = "interrupted"
-        done = st.get("epochs_done", 0)
-        members = len(p["members"])
-        rate = eta = ""
-        if st.get("started") and done and status != "done":
-            r = members * done / max(st.get("updated", now) - st["started"], 1e-9)
-            rate, eta = f"{r:,.0f}", fmt_time(members * (epochs - done) / r)
-            total_rate = max(total_rate, r)
-        if status != "done":
-            total_left += members * (epochs - done)
-        ck = st.get("last_checkpoint_time")
-        age = f"{fmt_time(now - ck)} ago" if ck and status != "done" else "-"
-        lines.append(f"{p['pack_id']:>4} {status:11} {members:>7} {p['padded_width']:>7} "
-                     f"{done:>5}/{epochs:<5} {rate:>10} {eta:>8} {age:>12}")
-    if total_rate and total_left:
-        lines.append(f"remaining: {total_left:,.0f} member-epochs, about "
-                     f"{fmt_time(total_left / total_rate)} at the latest pack's rate")
-    if not locked and any(wd.read_status(p["pack_id"]).get("status") == "running"
-                          for p in manifest["packs"]):
+    for p in st.packs:
+        rate = "" if p.rate is None else f"{p.rate:,.0f}"
+        eta = "" if p.seconds_left is None else fmt_time(p.seconds_left)
+        age = "-" if p.last_checkpoint_age is None else f"{fmt_time(p.last_checkpoint_age)} ago"
+        lines.append(f"{p.pack_id:>4} {p.status:11} {p.num_members:>7} {p.padded_width:>7} "
+                     f"{p.epochs_done:>5}/{st.epochs:<5} {rate:>10} {eta:>8} {age:>12}")
+    rates = [p.rate for p in st.packs if p.rate]
+    if rates and st.member_epochs_left:
+        lines.append(f"remaining: {st.member_epochs_left:,.0f} member-epochs, about "
+                     f"{fmt_time(st.member_epochs_left / max(rates))} at the latest pack's rate")
+    if st.stale:
         lines.append("no process holds the workdir: rerun the same `ntkbench run` to resume")
     return "\n".join(lines)

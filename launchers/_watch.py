@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ntkbench._errors import EXIT_HUNG, EXIT_INTERRUPTED
+from ntkbench import ExitStatus
 
 
 def _leave(message: str, status: int) -> None:
@@ -43,11 +43,11 @@ class StopFlag:
         del frame
         if self.set:
             self._leave(f"ntkbench: signal {signum} again: leaving now (status "
-                        f"{EXIT_INTERRUPTED}); rerun the same command to resume from the last "
-                        "checkpoint.", EXIT_INTERRUPTED)
+                        f"{ExitStatus.INTERRUPTED}); rerun the same command to resume from the last "
+                        "checkpoint.", ExitStatus.INTERRUPTED)
             return
         print(f"ntkbench: signal {signum}: stopping at the next chunk boundary with a "
-              f"checkpoint (status {EXIT_INTERRUPTED}, resumable); send it again to leave now.",
+              f"checkpoint (status {ExitStatus.INTERRUPTED}, resumable); send it again to leave now.",
               file=sys.stderr, flush=True)
         self.set, self.signal = True, signum
 
@@ -108,9 +108,9 @@ class Watchdog:
                     else "it had not finished a chunk yet (compiling included)")
             self._leave(f"ntkbench: error: chunk {chunk} of pack {pack_id} made no progress for "
                         f"{waited:.0f}s ({seen}; the bound is {bound:.0f}s): the run is hung and "
-                        f"leaves with status {EXIT_HUNG}; rerun to resume from the last "
+                        f"leaves with status {ExitStatus.HUNG}; rerun to resume from the last "
                         "checkpoint (raise --watchdog_seconds if compiling is this slow).",
-                        EXIT_HUNG)
+                        ExitStatus.HUNG)
 
     def _watch(self) -> None:
         while True:

@@ -21,6 +21,7 @@ Every failure is one line on stderr, `ntkbench: error: ...`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging as std_logging
 import os
 import signal
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 
 from absl import flags, logging
 
-from ntkbench._errors import EXIT_BAD_INPUT, Interrupted, NtkbenchError
+import ntkbench
 from ntkbench.launchers import _commands
 from ntkbench.launchers._config_file import HelpRequested, UsageError
 
@@ -40,7 +41,7 @@ USAGE = ("usage: ntkbench COMMAND [--flag=value ...]   (`ntkbench COMMAND --help
          "(rerun to resume).")
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+def _fail(message: str, code: int = ntkbench.ExitStatus.BAD_INPUT) -> int:
     print(f"ntkbench: error: {message}", file=sys.stderr, flush=True)
     return code
 
@@ -51,11 +52,12 @@ class _OwnInfoOnly(std_logging.Filter):
 
     def __init__(self):
         super().__init__()
-        import ntkbench
-        from ntkbench import checkpoints, kernels
-
-        self._roots = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                            for m in (ntkbench, checkpoints, kernels, sys.modules[__name__]))
+        # Where ntkbench's packages live, found without importing them (which would start JAX).
+        self._roots = tuple(
+            os.path.abspath(path) + os.sep
+            for name in ("ntkbench", "ntkbench.kernels", "ntkbench.checkpoints",
+                         "ntkbench.launchers")
+            for path in importlib.util.find_spec(name).submodule_search_locations)
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         return (record.levelno >= std_logging.WARNING
@@ -84,10 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except UsageError as e:
         return _fail(str(e))
-    except Interrupted as e:  # not an error: the run stopped where it was asked to
+    except ntkbench.Interrupted as e:  # not an error: the run stopped where it was asked to
         print(f"ntkbench: {e}", file=sys.stderr, flush=True)
         return e.exit_status
-    except NtkbenchError as e:
+    except ntkbench.NtkbenchError as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         if e.option:
             message += f" (on the command line: pass --{e.option})"

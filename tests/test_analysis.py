@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ntkbench import _analysis as analysis
-from ntkbench import _fits, _power_laws
+import ntkbench._analysis.fits as _fits
+import ntkbench._analysis.power_laws as _power_laws
+import ntkbench._analysis.summaries as analysis
 from ntkbench.observables import adaptation_rate
 
 

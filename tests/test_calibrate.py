@@ -8,19 +8,9 @@ import pytest
 import xarray as xr
 
 import ntkbench
-from ntkbench._calibrate import (
-    AT_END,
-    EARLY,
-    INSIDE,
-    NONE,
-    calibrate,
-    default_window,
-    kstar_flags,
-    kstar_table,
-    pilot_config,
-    propose,
-)
-from ntkbench._schema import AXES
+from ntkbench._config import AXES
+from ntkbench._analysis import AT_END, EARLY, INSIDE, NONE, default_window, kstar_table
+from ntkbench._sweep.calibrate import pilot_config, propose
 from ntkbench.launchers.cli import main
 
 E = 300
@@ -107,19 +97,19 @@ def test_diverged_members_count_as_too_fast():
 def test_kstar_flags():
     ds = kstar_dataset([[100, 110, 120], [150, 160, 170], [290, 300, 280], [-1, -1, -1]],
                        widths=(8, 32, 128, 512))
-    flags = kstar_flags(ds, WINDOW)
+    flags = ntkbench.kstar_flags(ds, WINDOW)
     assert flags == [
         "width=8: mean k* 110 (range 100..120) is before the window [120, 300]; lower the lr",
         ("width=128: mean k* 290 (range 280..300): 1 of 3 at the last epoch 300, the test loss "
         "was still falling; raise the lr or train longer"),
         "width=512: no k* (every member diverged or is unfinished)"]
-    assert kstar_flags(ds, (100, 300))[0].startswith("width=128")
-    late = kstar_flags(ds, (50, 140))
+    assert ntkbench.kstar_flags(ds, (100, 300))[0].startswith("width=128")
+    late = ntkbench.kstar_flags(ds, (50, 140))
     assert "width=32: mean k* 160 (range 150..170) is after the window [50, 140]; raise the " \
            "lr or train longer" in late
-    assert kstar_flags(ds) == kstar_flags(ds, default_window(E))  # default: (0.4 E, E)
+    assert ntkbench.kstar_flags(ds) == ntkbench.kstar_flags(ds, default_window(E))  # default: (0.4 E, E)
     two = kstar_dataset([[150, 150], [50, 60], [150, 150], [150, 150]], depth=(3, 4))
-    assert kstar_flags(two, WINDOW) == [("depth=3, width=512: mean k* 55 (range 50..60) is "
+    assert ntkbench.kstar_flags(two, WINDOW) == [("depth=3, width=512: mean k* 55 (range 50..60) is "
                                         "before the window [120, 300]; lower the lr")]
 
 
@@ -134,7 +124,7 @@ def test_pilot_config_and_bad_arguments(tmp_path):
                        ({"lrs": [1e-3], "window": (10, 400)}, "window"),
                        ({"lrs": [1e-3], "num_seeds": 0}, "num_seeds")]:
         with pytest.raises(ntkbench.ConfigError, match=needle):
-            calibrate(quick, workdir=str(tmp_path / "c"), **kw)
+            ntkbench.calibrate(quick, workdir=str(tmp_path / "c"), **kw)
     assert not (tmp_path / "c").exists()
 
 

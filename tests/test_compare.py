@@ -13,13 +13,13 @@ import pytest
 import xarray as xr
 
 import ntkbench
-from ntkbench._compare import sweep_labels, write_comparison
-from ntkbench._completeness import (
+from ntkbench._analysis import (
     describe_incomplete,
     incomplete_members,
     require_complete,
 )
-from ntkbench._schema import AXES
+from ntkbench._config import AXES
+from ntkbench._report.compare import sweep_labels
 from ntkbench.launchers.cli import main
 
 WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -123,7 +123,7 @@ def paper_set(tmp_path_factory):
                    noise=(0.0, 0.2, 0.4), rng_seed=4),
     ]
     out = tmp_path_factory.mktemp("compare")
-    paths = write_comparison(sweeps, out, num_bootstrap=200)
+    paths = ntkbench.write_comparison(sweeps, out, num_bootstrap=200)
     return paths, (out / "compare.md").read_text()
 
 
@@ -196,7 +196,7 @@ def test_labels_collide_and_get_names():
 
 def test_skip_reasons(tmp_path):
     noise = [make_sweep(name="n", width=(64,), noise=(0.0, 0.5))]
-    paths = write_comparison(noise, tmp_path / "a", num_bootstrap=0)
+    paths = ntkbench.write_comparison(noise, tmp_path / "a", num_bootstrap=0)
     assert [p.name for p in paths] == ["fig7_noise.png", "compare.md"]
     md = paths[-1].read_text()
     assert "Fig. 2 (model vs data scaling) skipped: no sweep has a `width` or `n_train` axis" in md
@@ -204,7 +204,7 @@ def test_skip_reasons(tmp_path):
     assert "None: no figure with fits could be drawn" in md
 
     no_ntk = [make_sweep(name="w", ntk=False, width=(8, 64, 512))]
-    paths = write_comparison(no_ntk, tmp_path / "b", num_bootstrap=0)
+    paths = ntkbench.write_comparison(no_ntk, tmp_path / "b", num_bootstrap=0)
     assert [p.name for p in paths] == ["fig2_scaling.png", "compare.md"]
     md = paths[-1].read_text()
     skipped = md.split("## Skipped")[1]
@@ -227,12 +227,12 @@ def test_incomplete_members_refused_then_allowed(tmp_path):
     out = tmp_path / "c"
     with pytest.raises(ntkbench.ConfigError, match=r"runs/part: 4 of 27 members are incomplete"
                        r".*finish the run.*allow partial results") as info:
-        write_comparison([make_sweep(), ds], out)
+        ntkbench.write_comparison([make_sweep(), ds], out)
     assert info.value.option == "allow_partial"
     assert not out.exists()  # refused before anything was written
     assert require_complete(make_sweep()) is not None
 
-    paths = write_comparison([make_sweep(name="full"), ds], out, allow_partial=True,
+    paths = ntkbench.write_comparison([make_sweep(name="full"), ds], out, allow_partial=True,
                              num_bootstrap=50)
     md = paths[-1].read_text()
     section = md.split("## Incomplete members (partial results allowed)")[1].split("##")[0]
@@ -249,7 +249,7 @@ def test_incomplete_members_refused_then_allowed(tmp_path):
 def real_sweeps(tmp_path_factory):
     """A real smoke sweep, stopped after its first chunk (partial copy kept), then finished."""
     root = tmp_path_factory.mktemp("real")
-    config = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 6,
+    config = ntkbench.preset("smoke", **{"epochs": 6,
                                         "ntk_every": 3, "chunk_epochs": 3})
     done, partial = str(root / "done"), str(root / "partial")
     with pytest.raises(ntkbench.Interrupted):
@@ -296,7 +296,7 @@ def test_real_sweep_beside_synthetic(real_sweeps, tmp_path):
     done, _ = real_sweeps
     real = ntkbench.load(done)
     assert not bool(incomplete_members(real).any())
-    paths = write_comparison([real, make_sweep()], tmp_path, num_bootstrap=50)
+    paths = ntkbench.write_comparison([real, make_sweep()], tmp_path, num_bootstrap=50)
     md = paths[-1].read_text()
     rows = fit_rows(md)
     assert row(rows, sweep="synthetic / mlp / depth 2", quantity="T0")["points used"] == "2/2"

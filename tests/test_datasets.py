@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from ntkbench._config import DATASETS as DATASET_NAMES
-from ntkbench._data import Dataset
-from ntkbench._datasets import digits_split, load_dataset, synthetic_dataset
-from ntkbench._errors import DatasetError, DatasetNotFoundError
-from ntkbench._noise import (
+from ntkbench import DatasetError
+from ntkbench._config import DatasetNotFoundError
+from ntkbench._data import Dataset, digits_split, load_dataset, synthetic_dataset
+from ntkbench._data.noise import (
     apply_noisy_replacement,
     check_noise_fractions,
     draw_indices,
     noisy_replacement,
 )
-from ntkbench._readers import CIFAR10_BINARY_URL
+from ntkbench._data.readers import CIFAR10_BINARY_URL
 
 IDX_STEMS = {
     "train_images": "train-images-idx3-ubyte",

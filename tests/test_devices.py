@@ -5,7 +5,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ntkbench import kernels
-from ntkbench._devices import format_device_table, profile_devices, sharded_ntk
+from ntkbench import format_device_table, profile_devices
+from ntkbench._profile import sharded_ntk
 from ntkbench.models import MLP
 
 

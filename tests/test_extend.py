@@ -10,7 +10,7 @@ import pytest
 import ntkbench
 from ntkbench import IntegrityError, WorkdirError
 from ntkbench import load as _load
-from ntkbench._schema import AXES, EPOCH_VARIABLES, NTK_EXACT
+from ntkbench._config import AXES, EPOCH_VARIABLES, NTK_EXACT
 from ntkbench._store import ResultsStore
 from ntkbench.launchers.cli import main
 

@@ -607,7 +607,7 @@ EXPECTED_FIELDS = {
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections' loader
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIELDS))
 def test_example_config_files(name, key):
-    from ntkbench._datasets import load_dataset
+    from ntkbench._data import load_dataset
     from ntkbench.launchers._config_file import define_config, parse, strip_config
 
     module = _load_example(name)

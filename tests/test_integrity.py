@@ -101,7 +101,7 @@ def test_changed_data_files_refuse_the_resume(tmp_path, capsys):
     _write_mnist(data / "mnist", seed=0)
     args = [*SMOKE, "--config.dataset=mnist", f"--config.data_dir={data}", f"--workdir={w}",
             "--config.n_train=(50,)"]
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 6,
+    c = ntkbench.preset("smoke", **{"epochs": 6,
                                    "chunk_epochs": 3, "ntk_every": 3, "dataset": "mnist",
                                    "data_dir": str(data), "n_train": (50,)})
     stop = iter([False, True])
@@ -255,7 +255,7 @@ def test_all_checkpoints_corrupt_restarts_the_pack(finished, tmp_path, capsys):
     import jax
 
     w = str(tmp_path / "w")
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 6,
+    c = ntkbench.preset("smoke", **{"epochs": 6,
                                    "chunk_epochs": 3, "ntk_every": 3,
                                    "checkpoint_every_epochs": 3, "checkpoint_max_overhead": 0})
     stop = iter([False, True])

@@ -9,31 +9,20 @@ import pytest
 
 import ntkbench
 from ntkbench import kernels
-from ntkbench._datasets import synthetic_dataset
-from ntkbench._member_step import linearized
-from ntkbench._pack import SweepData, build_pack
-from ntkbench._placement import Placement
-from ntkbench._planner import plan
-from ntkbench._recording import Recorder
-from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram
+from ntkbench._data import synthetic_dataset
+from ntkbench._train.member_step import linearized
 from ntkbench.models import member
 
 
 def _config(**kw):
-    base = {**ntkbench.get_config("smoke").to_dict(), "widths": (6,), "num_seeds": 2,
-            "n_train": (24,), "n_test": 5, "epochs": 4, "chunk_epochs": 4}
-    return ntkbench.from_config_dict({**base, **kw})
+    return ntkbench.preset("smoke", **{"widths": (6,), "num_seeds": 2, "n_train": (24,),
+                                      "n_test": 5, "epochs": 4, "chunk_epochs": 4, **kw})
 
 
 def _pack(c, data=None):
     data = synthetic_dataset(100, 40, num_classes=3) if data is None else data
-    family = model_family(c, data)
-    pk = plan(c, family).packs[0]
-    rec = Recorder(c, data.num_classes) if c.ntk_every else None
-    model, pdata = build_pack(c, family, pk, SweepData.of(c, data), Placement(None), rec,
-                              sequential=True)
-    return PackProgram(c, rec), model, pdata
+    ready = ntkbench.build_pack(c, data=data, runtime=ntkbench.Runtime())
+    return ready.program, ready.model, ready.data
 
 
 def _f64(tree):

@@ -1,4 +1,4 @@
-"""Tests of the matrix-free NTK record (`ntkbench._matrix_free`) against exact float64 records.
+"""Tests of the matrix-free NTK record (`ntkbench._record.matrix_free`) against exact float64 records.
 
 Stated error. The record's `*_stderr` are probe standard errors; the documented 95% interval
 is `estimate ± Z·stderr` with `Z = COVERAGE_Z = 2.3` (calibrated on realistic NTKs at
@@ -28,7 +28,7 @@ from _reference import adam_train, digits
 from scipy import stats
 
 from ntkbench import kernels
-from ntkbench._matrix_free import (
+from ntkbench._record.matrix_free import (
     COVERAGE_Z,
     DEFAULT_NUM_DEFLATE,
     DEFAULT_NUM_PROBES,

@@ -1,4 +1,4 @@
-"""ntkbench._pipeline: per-member grain batch orders, their state, and input validation."""
+"""ntkbench._data.pipeline: per-member grain batch orders, their state, and input validation."""
 
 import collections
 import doctest
@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ntkbench import _pipeline
-from ntkbench._pipeline import STATE_VERSION, MinibatchSchedule, member_dataset, num_steps
+import ntkbench._data.pipeline as _pipeline
+from ntkbench._data.pipeline import STATE_VERSION, MinibatchSchedule, member_dataset, num_steps
 
 
 def assert_valid_epoch(batches: np.ndarray, n: int, batch_size: int):

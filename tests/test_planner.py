@@ -1,4 +1,4 @@
-"""Planner and member determinism (`ntkbench._planner`, `ntkbench._members`)."""
+"""Planner and member determinism (`ntkbench._train.planner`, `ntkbench._train.members`)."""
 
 import dataclasses
 
@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 
 import ntkbench
-from ntkbench._family import ModelFamily
-from ntkbench._members import _fold, _key_ints, members, members_keys
-from ntkbench._planner import member_bytes, plan
+from ntkbench._train import ModelFamily, member_bytes, plan
+from ntkbench._train.members import _fold, _key_ints, members, members_keys
 
 MNIST = ModelFamily("mlp", (28, 28, 1), 10)
 DIGITS = ModelFamily("mlp", (8, 8, 1), 10)
 
 
 def _config(**kw):
-    return ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), **kw})
+    return ntkbench.preset("smoke", **{**kw})
 
 
 class ensemble:  # noqa: N801 - the old module's functions, for the assertions below

@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 
 import ntkbench
-from ntkbench._datasets import synthetic_dataset
-from ntkbench._members import members, members_keys
-from ntkbench._pack import build_models
-from ntkbench._planner import plan
-from ntkbench._sweep import model_family
+from ntkbench._data import synthetic_dataset
+from ntkbench._train import build_models, members, members_keys, model_family, plan
 
 
 def _preset(name, **over):

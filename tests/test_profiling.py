@@ -1,18 +1,17 @@
-"""Tests of `ntkbench._profiling`: a tiny profile runs in seconds and fills the table."""
+"""Tests of `ntkbench._profile.profiling`: a tiny profile runs in seconds and fills the table."""
 
 from __future__ import annotations
 
 import jax
 import pytest
 
-from ntkbench._profile_table import format_table
-from ntkbench._profiling import run_profile
-from ntkbench._timing import COLUMNS
+from ntkbench import format_table, profile_kernels
+from ntkbench._profile import COLUMNS
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return run_profile(
+    return profile_kernels(
         widths=(8,),
         n=4,
         depth=2,
@@ -61,7 +60,7 @@ def test_table_lists_every_row(rows):
 
 
 def test_memory_limit_skips_without_running():
-    rows = run_profile(
+    rows = profile_kernels(
         widths=(8,),
         methods=("jacobian",),
         n=4,

@@ -11,7 +11,7 @@ from ntkbench._store import ResultsStore
 
 
 def _store(tmp_path):
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 4})
+    c = ntkbench.preset("smoke", **{"epochs": 4})
     return c, ResultsStore(str(tmp_path / "results"), c, 10)
 
 

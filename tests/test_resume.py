@@ -138,7 +138,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, reference):
 def test_minibatch_sgd_resumes_bit_identical(tmp_path):
     """In-process stop after the first chunk (as SIGTERM would), then resume: the grain
     minibatch schedule continues from the checkpoint epoch, and the results are identical."""
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "optimizer": "sgd",
+    c = ntkbench.preset("smoke", **{"optimizer": "sgd",
                                    "batch_size": 8, "lr": 0.05, "epochs": 12, "chunk_epochs": 4,
                                    "checkpoint_every_epochs": 4, "widths": (8,)})
     ref, w = str(tmp_path / "ref"), str(tmp_path / "w")

@@ -114,7 +114,7 @@ def test_quick_preset_as_two_processes_matches_one_device(tmp_path, one_device):
 
 def test_shares_split_packs_and_merge(tmp_path):
     """Two shares of a sweep (independent jobs on one workdir) give the single-job result."""
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 10,
+    c = ntkbench.preset("smoke", **{"epochs": 10,
                                    "ntk_every": 5, "widths": (4, 16), "num_seeds": 3})
     hooks = ntkbench.Hooks(log=lambda s: None)
     ref, w = str(tmp_path / "ref"), str(tmp_path / "w")
@@ -140,7 +140,7 @@ def test_two_processes_extend_a_sweep(tmp_path):
         proc = subprocess.run(["bash", launcher, "2", "run", *args, *extra, f"--workdir={w}"],
                               capture_output=True, text=True, env=env, timeout=TIMEOUT)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 10,
+    c = ntkbench.preset("smoke", **{"epochs": 10,
                                    "ntk_every": 5, "widths": (4, 16), "num_seeds": 3})
     ntkbench.run(c, ref, hooks=ntkbench.Hooks(log=lambda s: None))
     _close(ntkbench.load(ref), ntkbench.load(w))

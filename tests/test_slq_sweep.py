@@ -82,7 +82,7 @@ def test_slq_sweep_resumes_bit_identically(tmp_path, runs):
 def test_auto_picks_slq_above_the_exact_limit():
     c = _config(ntk_spectrum="auto", ntk_exact_max=100)
     assert c.spectrum(10) == "slq" and c.spectrum(2) == "exact"  # M = 400 and M = 80
-    from ntkbench._schema import Group, stored_variables
+    from ntkbench._config import Group, stored_variables
 
     assert "ntk_entropy_stderr" in stored_variables(c, 10)[Group.NTK]
     assert not stored_variables(c, 10)[Group.SNAPSHOT]  # no formed kernel to keep

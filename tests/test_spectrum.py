@@ -1,4 +1,4 @@
-"""`ntkbench._spectrum`: every method against a float64 `numpy.linalg.eigh` reference.
+"""`ntkbench._record.spectrum`: every method against a float64 `numpy.linalg.eigh` reference.
 
 NTKs: ReLU MLPs (`ntkbench.models.MLP`, `ntkbench.kernels.ntk`) on 64 digits (M = 640), widths 8 to
 512, at init and after 20 Adam steps; the misalignment is between the NTKs before and after one
@@ -34,9 +34,9 @@ import pytest
 from _reference import adam_step, digits
 
 from ntkbench import kernels
-from ntkbench._spectrum import (
+from ntkbench._config import Eigensolver
+from ntkbench._record.spectrum import (
     Spectrum,
-    SpectrumMethod,
     cosine_spectrum,
     resolve_spectrum_method,
     top_misalignment,
@@ -44,7 +44,7 @@ from ntkbench._spectrum import (
 from ntkbench.models import MLP
 
 K_VECTORS = 48  # n_max
-METHODS = (SpectrumMethod.HOST_LAPACK, SpectrumMethod.SUBSPACE, SpectrumMethod.EIGH)
+METHODS = (Eigensolver.HOST_LAPACK, Eigensolver.SUBSPACE, Eigensolver.EIGH)
 ENTROPY_RTOL = 1e-5
 EIG_ATOL = 2e-6  # times lambda_max
 RESIDUAL_TOL = 1e-5  # times lambda_max
@@ -126,7 +126,7 @@ def _check_spectrum(s: Spectrum, K: np.ndarray, columns: int | None = None):
 def _tested(method, s0: Spectrum, s1: Spectrum) -> int | None:
     """Columns the method guarantees: all, or for `SUBSPACE` (unless it fell back) the ones its
     residual test covers, those the two misalignments read."""
-    if method is not SpectrumMethod.SUBSPACE or s1.fallback:
+    if method is not Eigensolver.SUBSPACE or s1.fallback:
         return None
     return int(min(max(round(float(s1.erank)), round(float(s0.erank))), s1.vectors.shape[1]))
 
@@ -143,9 +143,9 @@ def test_spectrum_and_misalignment_match_float64(method, case):
     """Entropy, erank, eigenvalues and vectors of every method on MLP NTKs; the misalignment
     where the top-n subspace is well defined (n at the largest common eigengap)."""
     K0, K1 = _mlp_ntks(*case)
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK)
     s1 = _spectrum(K1, method, prev=s0)
-    assert not s1.fallback or method is SpectrumMethod.SUBSPACE
+    assert not s1.fallback or method is Eigensolver.SUBSPACE
     _check_spectrum(s1, K1, columns=_tested(method, s0, s1))
     _, w0, v0 = _reference(K0)
     _, w1, v1 = _reference(K1)
@@ -188,7 +188,7 @@ def test_exactly_degenerate_kron(method):
     for n = 10, 20 (cluster boundaries), where the misalignment matches float64; for n = 15 it is
     not (documented: `m` is that of whichever basis of the cluster the solver returned)."""
     K0, K1 = _kron_ntk(0), _kron_ntk(1)
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK, k=30)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK, k=30)
     s1 = _spectrum(K1, method, prev=s0, k=30)
     _check_spectrum(s1, K1, columns=20)
     clusters = s1.eigenvalues[::-1][:30].reshape(3, 10)
@@ -221,7 +221,7 @@ def test_near_degenerate(method):
     _, w1, v1 = _reference(K1)
     split = np.ptp(w1[::-1][:10]) / w1[-1]
     assert 0 < split < 1e-5, split
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK, k=30)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK, k=30)
     s1 = _spectrum(K1, method, prev=s0, k=30)
     _check_spectrum(s1, K1, columns=20)
     _, _, v0 = _reference(K0)
@@ -236,7 +236,7 @@ def test_rank_deficient_narrow_member(method):
     K0, K1 = _mlp_ntks(1, 1, 5)
     _, w1, _ = _reference(K1)
     assert (w1 < 1e-10 * w1[-1]).sum() >= 555
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK, k=16)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK, k=16)
     _check_spectrum(_spectrum(K1, method, prev=s0, k=16), K1, columns=8)
 
 
@@ -249,12 +249,12 @@ def test_zero_rows_of_padded_samples(method):
     for K in (K0, K1):
         K[240:, :] = 0.0
         K[:, 240:] = 0.0
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK)
     s1 = _spectrum(K1, method, prev=s0)
     _check_spectrum(s1, K1, columns=_tested(method, s0, s1))
     assert np.abs(s1.eigenvalues[:400]).max() <= EIG_ATOL * s1.eigenvalues[-1]
     assert np.abs(s1.vectors[240:]).max() <= 1e-6
-    unpadded = _spectrum(K1[:240, :240], SpectrumMethod.HOST_LAPACK)
+    unpadded = _spectrum(K1[:240, :240], Eigensolver.HOST_LAPACK)
     np.testing.assert_allclose(s1.erank, unpadded.erank, rtol=ENTROPY_RTOL)
 
 
@@ -262,7 +262,7 @@ def test_non_finite_ntk_gives_nan():
     """A diverged member (NaN in its NTK): NaN spectrum and vectors, flagged, no hang."""
     K = np.eye(64, dtype=np.float32)
     K[3, 5] = np.nan
-    s = _spectrum(K, SpectrumMethod.HOST_LAPACK, k=4)
+    s = _spectrum(K, Eigensolver.HOST_LAPACK, k=4)
     assert np.isnan(s.eigenvalues).all() and np.isnan(s.vectors).all() and bool(s.fallback)
     assert np.isnan(s.erank)
 
@@ -275,21 +275,21 @@ def test_subspace_warm_start_residual_stop_and_fallback():
     tolerance; a loose tolerance stops at once; a bad start with a tiny iteration cap, a zero
     start and no start fall back to the full eigh (and are still exact)."""
     K0, K1 = _mlp_ntks(64, 3, 20)
-    s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK)
-    warm = _spectrum(K1, SpectrumMethod.SUBSPACE, prev=s0)
+    s0 = _spectrum(K0, Eigensolver.HOST_LAPACK)
+    warm = _spectrum(K1, Eigensolver.SUBSPACE, prev=s0)
     assert not warm.fallback and 1 <= warm.iterations <= 3 and warm.residual <= 2e-6
-    loose = _spectrum(K1, SpectrumMethod.SUBSPACE, prev=s0, tol=1.0)
+    loose = _spectrum(K1, Eigensolver.SUBSPACE, prev=s0, tol=1.0)
     assert loose.iterations == 0 and not loose.fallback
-    strict = _spectrum(K1, SpectrumMethod.SUBSPACE, prev=s0, tol=1e-7, max_iterations=2)
+    strict = _spectrum(K1, Eigensolver.SUBSPACE, prev=s0, tol=1e-7, max_iterations=2)
     assert strict.fallback and strict.iterations == 2 and strict.residual > 1e-7
     _check_spectrum(strict, K1)
     bad = np.linalg.qr(np.random.default_rng(0).standard_normal(s0.vectors.shape))[0]
     for start in (bad, np.zeros_like(bad), np.full_like(bad, np.nan)):
         prev = s0._replace(vectors=start.astype(np.float32))
-        s = _spectrum(K1, SpectrumMethod.SUBSPACE, prev=prev, max_iterations=1)
+        s = _spectrum(K1, Eigensolver.SUBSPACE, prev=prev, max_iterations=1)
         assert s.fallback, start[0, 0]
         _check_spectrum(s, K1)
-    none = _spectrum(K1, SpectrumMethod.SUBSPACE)
+    none = _spectrum(K1, Eigensolver.SUBSPACE)
     assert none.fallback and none.iterations == 0
     _check_spectrum(none, K1)
 
@@ -323,10 +323,10 @@ def test_top_misalignment_conventions():
 
 
 def test_resolve_and_argument_errors():
-    assert resolve_spectrum_method("auto", "cpu") is SpectrumMethod.HOST_LAPACK
-    assert resolve_spectrum_method("auto", "cuda") is SpectrumMethod.EIGH
-    assert resolve_spectrum_method("auto", "tpu") is SpectrumMethod.EIGH
-    assert resolve_spectrum_method("subspace", None) is SpectrumMethod.SUBSPACE
+    assert resolve_spectrum_method("auto", "cpu") is Eigensolver.HOST_LAPACK
+    assert resolve_spectrum_method("auto", "cuda") is Eigensolver.EIGH
+    assert resolve_spectrum_method("auto", "tpu") is Eigensolver.EIGH
+    assert resolve_spectrum_method("subspace", None) is Eigensolver.SUBSPACE
     with pytest.raises(ValueError, match="needs the platform"):
         resolve_spectrum_method("auto", None)
     with pytest.raises(ValueError, match="Unknown spectrum method"):
@@ -344,7 +344,7 @@ def test_resolve_and_argument_errors():
 
 def test_host_errors_surface_as_exceptions():
     """An exception inside the host handler becomes an XLA error, not a crash or a hang."""
-    from ntkbench._host_ffi import _ffi_target
+    from ntkbench._record.host_ffi import _ffi_target
 
     call = jax.ffi.ffi_call(_ffi_target(np.dtype(np.float32))[0],
                             (jax.ShapeDtypeStruct((4,), jnp.float32),
@@ -366,8 +366,8 @@ def test_float64_step_cuts_the_misalignment_error():
     m_ref = _misalignment(v0, v1, n)
     errors = {}
     for dtype in (jnp.float32, jnp.float64):
-        s0 = _spectrum(K0, SpectrumMethod.HOST_LAPACK, k=64, dtype=dtype)
-        s1 = _spectrum(K1, SpectrumMethod.HOST_LAPACK, k=64, dtype=dtype)
+        s0 = _spectrum(K0, Eigensolver.HOST_LAPACK, k=64, dtype=dtype)
+        s1 = _spectrum(K1, Eigensolver.HOST_LAPACK, k=64, dtype=dtype)
         assert s1.vectors.dtype == np.float32
         m = float(top_misalignment(jnp.asarray(s0.vectors), float(n), jnp.asarray(s1.vectors)))
         errors[dtype] = abs(m - m_ref)
@@ -436,7 +436,7 @@ _SHARD_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_num_cpu_devices", 4)
     from jax.sharding import NamedSharding, PartitionSpec as P, AxisType
-    from ntkbench._spectrum import cosine_spectrum, top_misalignment
+    from ntkbench._record.spectrum import cosine_spectrum, top_misalignment
     mesh = jax.make_mesh((4,), ("m",), axis_types=(AxisType.Auto,))
     j = jax.random.normal(jax.random.key(0), (8, 256, 64)) * jnp.where(jnp.arange(64) < 5, 1, .03)
     Ks = jnp.einsum("bik,bjk->bij", j, j)  # erank ~ 5 < k

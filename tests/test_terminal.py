@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-
 from _declared import allowed_modules, guard_source
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

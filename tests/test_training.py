@@ -8,25 +8,18 @@ import optax
 import pytest
 
 import ntkbench
-from ntkbench._datasets import synthetic_dataset
-from ntkbench._member_step import per_sample_loss
-from ntkbench._pack import SweepData, build_data, build_models, minibatch_schedule
-from ntkbench._planner import plan
-from ntkbench._recording import Recorder
-from ntkbench._sweep import model_family
-from ntkbench._training import PackProgram
+from ntkbench._data import synthetic_dataset
+from ntkbench._record import Recorder
+from ntkbench._train import PackProgram, minibatch_schedule
+from ntkbench._train.member_step import per_sample_loss
 from ntkbench.models import member
 
 
 def _setup(**kw):
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "ntk_every": 0,
-                                   **kw})
-    data = synthetic_dataset(200, 100)
-    family = model_family(c, data)
-    pack = plan(c, family).packs[-1]
-    model = build_models(c, family, pack)
-    pdata = build_data(c, pack, SweepData.of(c, data))
-    return c, pack, model, pdata
+    c = ntkbench.preset("smoke", **{"ntk_every": 0, **kw})
+    ready = ntkbench.build_pack(c, -1, data=synthetic_dataset(200, 100),
+                                runtime=ntkbench.Runtime())
+    return c, ready.pack, ready.model, ready.data
 
 
 def _eval_split(pdata):
@@ -105,7 +98,7 @@ def test_mse_loss():
 
 
 def test_layer_records_sum_to_the_trace(tmp_path):
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "epochs": 5,
+    c = ntkbench.preset("smoke", **{"epochs": 5,
                                    "layer_ntks": True, "widths": (6,), "num_seeds": 1,
                                    "ntk_every": 5})
     ntkbench.run(c, str(tmp_path / "w"), hooks=ntkbench.Hooks(log=lambda s: None))
@@ -120,7 +113,7 @@ def test_ntk_quantities_average_over_test_draws():
     from ntkbench import kernels, observables
     from ntkbench.models import MLP
 
-    c = ntkbench.from_config_dict({**ntkbench.get_config("smoke").to_dict(), "n_test": 6,
+    c = ntkbench.preset("smoke", **{"n_test": 6,
                                    "ntk_test_draws": 2})
     rec = Recorder(c, 3)
     model = MLP(5, 3, 7, 2, key=jax.random.key(0))

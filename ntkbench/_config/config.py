@@ -1,0 +1,400 @@
+"""Sweep configuration: a frozen, validated `SweepConfig`, built from a preset's `ConfigDict`.
+
+The command line edits a preset's `ConfigDict` (`--config.FIELD=VALUE`); the library only ever
+sees the frozen `SweepConfig`. Every check here runs before any compile or compute and raises
+`ConfigError` with one line that says what to fix. docs/configuration.md describes each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from ntkbench._config.errors import ConfigError
+from ntkbench._config.schema import AXES
+from ntkbench.kernels import NtkMethod
+
+
+class NtkSpectrum(enum.Enum):
+    """How NTK records reduce the kernel (`ntk_spectrum`): form it and take its exact spectrum,
+    estimate everything from NTK-vector products (`SLQ`), or choose by size (`AUTO`)."""
+
+    EXACT = "exact"
+    SLQ = "slq"
+    AUTO = "auto"
+
+
+class Eigensolver(enum.Enum):
+    """How the spectral step of an exact record computes the eigenvalues and top eigenvectors
+    of the cosine-normalized NTK (`ntk_eigensolver`; docs/spectrum.md compares them)."""
+
+    AUTO = "auto"
+    HOST_LAPACK = "host_lapack"
+    SUBSPACE = "subspace"
+    EIGH = "eigh"
+
+
+DATASETS = ("digits", "digits_shifted", "synthetic", "mnist", "fashion_mnist", "cifar10",
+            "cifar4")
+MODELS = ("mlp", "cnn", "custom")
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mse")
+INITS = ("lecun_normal", "xavier_uniform", "he_uniform")
+NTK_METHODS = tuple(m.value for m in NtkMethod)
+NTK_SPECTRA = tuple(m.value for m in NtkSpectrum)
+EIGENSOLVERS = tuple(m.value for m in Eigensolver)
+#: NTK methods whose kernel a matrix-free record can use: it needs NTK-vector products, which
+#: the structured and implicit methods give (`auto` picks between them).
+SLQ_METHODS = ("auto", "structured", "implicit")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated, immutable sweep (docs/configuration.md describes every field)."""
+
+    name: str = "custom"
+    # data
+    dataset: str = "digits"
+    data_dir: str = ""
+    n_train: tuple[int, ...] = (100,)
+    num_data_draws: int = 1
+    data_per_seed: bool = False
+    noise: tuple[float, ...] = (0.0,)
+    noise_std: float = 0.01
+    n_eval: int = 0
+    eval_every: int = 1
+    eval_batch: int = 2048
+    # models
+    model: str = "mlp"
+    model_file: str = ""
+    model_digest: str = ""
+    init: str = "lecun_normal"
+    widths: tuple[int, ...] = (8, 32, 128, 512)
+    depth: tuple[int, ...] = (3,)
+    cnn_dense: int = 64
+    num_seeds: int = 4
+    init_per_data: bool = False
+    # training
+    epochs: int = 300
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    momentum: float = 0.9
+    batch_size: int = 0
+    loss: str = "cross_entropy"
+    seed: int = 0
+    linearized: bool = False
+    chunk_epochs: int = 50
+    # NTK records
+    n_test: int = 128
+    ntk_test_draws: int = 1
+    ntk_every: int = 10
+    ntk_early_every: int = 0
+    ntk_early_until: int = 0
+    ntk_method: str = "auto"
+    ntk_spectrum: str = "exact"
+    ntk_exact_max: int = 4096
+    ntk_eigensolver: str = "auto"
+    ntk_num_vectors: int = 64
+    ntk_float64: bool = False
+    slq_probes: int = 20
+    slq_steps: int = 50
+    slq_deflate: int = 20
+    slq_frobenius_probes: int = 96
+    kernel_velocity: bool = False
+    ntk_snapshots: bool = True
+    layer_ntks: bool = False
+    # run settings (never change results)
+    max_packs_per_group: int = 4
+    min_pack_efficiency: float = 0.95
+    pack_memory_mb: int = 2048
+    checkpoint_every_epochs: int = 100
+    checkpoint_every_minutes: float = 10.0
+    checkpoint_max_overhead: float = 0.05
+
+    def __post_init__(self):
+        # Every construction (direct, `dataclasses.replace`, a stored manifest) normalizes the
+        # field types (lists to tuples, strings from the command line to numbers) and checks
+        # the result: an invalid SweepConfig cannot exist.
+        for field in dataclasses.fields(self):
+            parse, kind = _KINDS.get(str(field.type), (None, str))
+            value = getattr(self, field.name)
+            new = str(value) if parse is None else parse(field.name, value, kind)
+            if new is not value:
+                object.__setattr__(self, field.name, new)
+        validate(self)
+
+    @property
+    def records_ntk(self) -> bool:
+        """Whether the sweep records NTKs at all (`ntk_every > 0`)."""
+        return self.ntk_every > 0
+
+    def axis_values(self) -> dict[str, tuple]:
+        """The coordinate values of every sweep axis, in `AXES` order."""
+        values = {"depth": self.depth, "width": self.widths, "n_train": self.n_train,
+                  "noise": self.noise, "data_draw": tuple(range(self.num_data_draws)),
+                  "seed": tuple(range(self.num_seeds))}
+        return {a: values[a] for a in AXES}
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.axis_values().values())
+
+    @property
+    def num_members(self) -> int:
+        return math.prod(self.grid_shape)
+
+    @property
+    def num_records(self) -> int:
+        """Loss records per member: initialization plus one per epoch."""
+        return self.epochs + 1
+
+    def ntk_epochs(self) -> tuple[int, ...]:
+        """Records with an NTK: every `ntk_every` epochs, every `ntk_early_every` epochs before
+        `ntk_early_until`, and the final one."""
+        if not self.records_ntk:
+            return ()
+        epochs = set(range(0, self.epochs + 1, self.ntk_every)) | {self.epochs}
+        if self.ntk_early_every > 0:
+            epochs |= set(range(0, min(self.ntk_early_until, self.epochs), self.ntk_early_every))
+        return tuple(sorted(epochs))
+
+    def eval_epochs(self) -> tuple[int, ...]:
+        """Records with test metrics: every `eval_every` epochs and the final one."""
+        return tuple(sorted(set(range(0, self.epochs + 1, self.eval_every)) | {self.epochs}))
+
+    def spectrum(self, num_classes: int) -> str:
+        """`"exact"` or `"slq"`: how NTK records reduce the kernel (`auto` chooses by size)."""
+        if self.ntk_spectrum != "auto":
+            return self.ntk_spectrum
+        return "slq" if self.n_test * num_classes > self.ntk_exact_max else "exact"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that changes results (not where files live)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def diff(self, other: SweepConfig) -> dict[str, tuple[Any, Any]]:
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
+#: Fields an extension may grow: the values of the sweep axes.
+EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws")
+#: Fields that never change results. The planner bounds only shape the packs of members added
+#: later (a sweep keeps the plan in its manifest); checkpoint settings may change between runs.
+NOT_RESULTS = ("name", "data_dir", "model_file", "checkpoint_every_epochs",
+               "checkpoint_every_minutes", "checkpoint_max_overhead", "max_packs_per_group",
+               "min_pack_efficiency", "pack_memory_mb")
+#: Fields a rerun on an existing workdir takes from the request, not from the manifest.
+RUN_SETTINGS = NOT_RESULTS[1:]
+
+
+def _as_tuple(name: str, value: Any, kind: type) -> tuple:
+    if isinstance(value, str):
+        value = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+    if not isinstance(value, (list, tuple)):
+        value = (value,)
+    try:
+        out = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.{name}={value!r} must be a list of {kind.__name__}s, e.g. "
+                          f"config.{name}=(8, 32, 128).") from None
+    if kind is int and any(float(v) != int(float(v)) for v in value):
+        raise ConfigError(f"config.{name}={value!r} must hold whole numbers.")
+    return out
+
+
+def _scalar(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ConfigError(f"config.{name}={value!r} must be true or false.")
+        return bool(value)
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.{name}={value!r} is not a valid {kind.__name__}; e.g. "
+                          f"config.{name}={FIELDS[name].default!r}.") from None
+    if kind is int and isinstance(value, float) and value != int(value):
+        raise ConfigError(f"config.{name}={value!r} must be a whole number.")
+    return out
+
+
+_KINDS = {"tuple[int, ...]": (_as_tuple, int), "tuple[float, ...]": (_as_tuple, float),
+          "int": (_scalar, int), "float": (_scalar, float), "bool": (_scalar, bool)}
+
+
+def from_config_dict(cfg: ml_collections.ConfigDict | dict) -> SweepConfig:
+    """Validate a preset or user `ConfigDict` (or dict) into a frozen `SweepConfig`.
+
+    Raises:
+        ConfigError: one line naming the field and how to fix it.
+    """
+    if not isinstance(cfg, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"A config must be an ml_collections.ConfigDict or a dict, not "
+                          f"{type(cfg).__name__}; return one from get_config().")
+    raw = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"Unknown config field(s) {', '.join(unknown)}; valid fields are "
+                          f"{', '.join(sorted(FIELDS))}.")
+    return SweepConfig(**raw)
+
+
+def stored(d: dict) -> SweepConfig:
+    """The `SweepConfig` recorded in a manifest (fields of newer versions get their defaults)."""
+    return SweepConfig(**{k: v for k, v in d.items() if k in FIELDS})
+
+
+def _canonical(c: SweepConfig) -> dict[str, Any]:
+    """Everything that defines the members and their results, axis values as sets."""
+    d = {k: v for k, v in c.to_dict().items() if k not in NOT_RESULTS}
+    for name in ("widths", "depth", "n_train", "noise"):
+        d[name] = tuple(sorted(d[name]))
+    return d
+
+
+def same_sweep(a: SweepConfig, b: SweepConfig) -> bool:
+    """True when `a` and `b` train the same members to the same results (axis values may be
+    listed in another order; names and paths are ignored)."""
+    return _canonical(a) == _canonical(b)
+
+
+def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
+    """The sweep `old` grown by the members of `new`.
+
+    `new` keeps every value of every axis of `old` and may add values or raise the counts;
+    every other field that changes results must be equal. `old`'s axis values come first, so
+    every existing member keeps its position in the results grid and its pack.
+
+    Raises:
+        ConfigError: one line naming what an extension cannot change or drop.
+    """
+    a, b = old.to_dict(), new.to_dict()
+    fixed = {k: (a[k], b[k]) for k in a if k not in EXTENSIBLE + NOT_RESULTS and a[k] != b[k]}
+    if fixed:
+        listing = "; ".join(f"{k}: {x!r} -> {y!r}" for k, (x, y) in fixed.items())
+        raise ConfigError(f"an extension only adds members (new values of "
+                          f"{', '.join(EXTENSIBLE)}), but {listing} would change the existing "
+                          "ones; use a new workdir for a different sweep.")
+    merged = {}
+    for name in ("widths", "depth", "n_train", "noise"):
+        dropped = [v for v in a[name] if v not in b[name]]
+        if dropped:
+            raise ConfigError(f"config.{name}={tuple(b[name])} drops "
+                              f"{', '.join(map(str, dropped))} of the existing sweep; an "
+                              f"extension keeps every value: list {tuple(a[name])} plus the new "
+                              "ones.")
+        merged[name] = tuple(a[name]) + tuple(v for v in b[name] if v not in a[name])
+    for name in ("num_seeds", "num_data_draws"):
+        if b[name] < a[name]:
+            raise ConfigError(f"config.{name}={b[name]} is smaller than the existing sweep's "
+                              f"{a[name]}; an extension keeps every member: use "
+                              f"config.{name} >= {a[name]}.")
+        merged[name] = b[name]
+    return dataclasses.replace(old, **{k: getattr(new, k) for k in RUN_SETTINGS}, **merged)
+
+
+def with_run_settings(stored_config: SweepConfig, asked: SweepConfig) -> SweepConfig:
+    """The stored sweep with the run settings (checkpoints, planner bounds, paths) asked for."""
+    return dataclasses.replace(stored_config, **{k: getattr(asked, k) for k in RUN_SETTINGS})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(c: SweepConfig, name: str, choices: Sequence[str]) -> None:
+    value = getattr(c, name)
+    _check(value in choices, f"config.{name}={value!r} is unknown; choose one of "
+                             f"{', '.join(choices)}.")
+
+
+def validate(c: SweepConfig) -> None:
+    """Static checks (no data needed); dataset-size checks happen when the data is loaded."""
+    for name, choices in (("dataset", DATASETS), ("model", MODELS), ("init", INITS),
+                          ("optimizer", OPTIMIZERS), ("loss", LOSSES),
+                          ("ntk_method", NTK_METHODS), ("ntk_spectrum", NTK_SPECTRA),
+                          ("ntk_eigensolver", EIGENSOLVERS)):
+        _one_of(c, name, choices)
+    for name in ("widths", "depth", "n_train", "noise"):
+        vals = getattr(c, name)
+        _check(len(vals) > 0, f"config.{name} is empty; give at least one value.")
+        _check(len(set(vals)) == len(vals), f"config.{name}={vals} has duplicates; list each "
+                                            "value once.")
+    for name in ("widths", "depth", "n_train"):
+        _check(all(v > 0 for v in getattr(c, name)),
+               f"config.{name}={getattr(c, name)} must all be positive.")
+    _check(all(0.0 <= f < 1.0 for f in c.noise), f"config.noise={c.noise} must lie in [0, 1).")
+    for name in ("num_seeds", "num_data_draws", "epochs", "n_test", "ntk_test_draws",
+                 "chunk_epochs", "max_packs_per_group", "pack_memory_mb", "eval_every",
+                 "eval_batch", "ntk_num_vectors", "slq_steps", "cnn_dense",
+                 "ntk_exact_max"):
+        _check(getattr(c, name) > 0, f"config.{name}={getattr(c, name)} must be positive.")
+    for name in ("ntk_every", "batch_size", "checkpoint_every_epochs", "seed", "n_eval",
+                 "ntk_early_every", "ntk_early_until", "slq_deflate"):
+        _check(getattr(c, name) >= 0, f"config.{name}={getattr(c, name)} must be >= 0.")
+    _check(c.slq_probes >= 3, f"config.slq_probes={c.slq_probes} must be >= 3 (the standard "
+           "error and the control variate need 3); the default is 20.")
+    _check(c.slq_frobenius_probes >= 8,
+           f"config.slq_frobenius_probes={c.slq_frobenius_probes} must be >= 8 (a sketch, its "
+           "exact part and 2 Hutchinson probes); the default is 96.")
+    _check(math.isfinite(c.lr) and c.lr > 0, f"config.lr={c.lr} must be a positive number, "
+                                             "e.g. 1e-3.")
+    _check(0 <= c.b1 < 1 and 0 <= c.b2 < 1 and 0 <= c.momentum < 1,
+           "config.b1, config.b2 and config.momentum must lie in [0, 1).")
+    _check(c.noise_std >= 0, f"config.noise_std={c.noise_std} must be >= 0.")
+    _check(0 < c.min_pack_efficiency <= 1, "config.min_pack_efficiency must lie in (0, 1].")
+    _check(c.checkpoint_every_minutes >= 0, "config.checkpoint_every_minutes must be >= 0.")
+    _check(0 <= c.checkpoint_max_overhead < 1,
+           "config.checkpoint_max_overhead must lie in [0, 1) (0 = never postpone a save).")
+    _check(not (c.layer_ntks and c.model != "mlp"),
+           "config.layer_ntks needs dense layers (model='mlp'); set config.layer_ntks=false.")
+    _check(not (c.kernel_velocity and c.ntk_spectrum == "slq"),
+           "config.kernel_velocity compares consecutive formed NTKs; it cannot run with "
+           "ntk_spectrum='slq' (kernel_distance_init is estimated instead).")
+    _check(not (c.layer_ntks and c.ntk_spectrum == "slq"),
+           "config.layer_ntks forms each layer's NTK; it cannot run with ntk_spectrum='slq'.")
+    _check(not (c.ntk_spectrum == "slq" and c.ntk_method not in SLQ_METHODS),
+           f"config.ntk_method={c.ntk_method!r} forms the kernel, but ntk_spectrum='slq' records "
+           f"from NTK-vector products; use ntk_method {' or '.join(map(repr, SLQ_METHODS))}.")
+    _check((c.model == "custom") == bool(c.model_file),
+           "config.model='custom' is set by a config file that defines model_fn; pass such a "
+           "file as the config (or set config.model to mlp or cnn).")
+    if c.batch_size > 0:
+        _check(all(c.batch_size <= n for n in c.n_train),
+               f"config.batch_size={c.batch_size} exceeds n_train={c.n_train}; use a smaller "
+               "batch or 0 for full batch.")
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """`"I/N"` -> `(I, N)` with `0 <= I < N`."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, tuple):
+        i, n = shard
+    else:
+        try:
+            i, n = (int(v) for v in str(shard).split("/"))
+        except ValueError:
+            raise ConfigError(f"shard={shard!r} must look like I/N, e.g. 0/4.") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"shard={i}/{n} needs 0 <= I < N.")
+    return i, n

@@ -1,0 +1,165 @@
+"""Drawing the comparison figures: a grid of panels, each a set of curves with optional fits.
+
+A `Curve` holds one sweep point's values against a sweep axis, `y` of shape
+`(num_x, num_replicates)`; a panel draws each curve's replicate mean with a ±1 std band and,
+when given, its fit: a power law (dashed, exponent and interval in the legend) or a broken power
+law (dashed hinge, the transition width as a vertical line and its interval shaded). Drawn with
+matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas), no pyplot state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from ntkbench._analysis import BrokenPowerLawFit, PowerLawFit
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One curve: `y` `(num_x, num_replicates)` against the abscissae `x` `(num_x,)`."""
+
+    label: str  # the legend text: sweep label and group
+    sweep: str  # the sweep's label
+    group: str  # the other non-replicate axes of this curve, e.g. "depth=3" ("" when none)
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclasses.dataclass
+class Panel:
+    """One axes of a figure: curves (with their fits, or None) and how to draw them."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    curves: list[Curve] = dataclasses.field(default_factory=list)
+    fits: list = dataclasses.field(default_factory=list)
+    log_x: bool = True
+    log_y: bool = True
+    note: str = "no finite (positive, on a log axis) values"
+
+
+def fmt(v, digits: int = 3) -> str:
+    """`v` with `digits` significant digits, "n/a" when missing or not finite."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence numpy's all-NaN-slice warnings: NaN means "not recorded" here."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def mean_std(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over the finite replicates of `y` `(num_x, num_reps)`."""
+    with quiet():
+        return np.nanmean(y, axis=-1), np.nanstd(y, axis=-1)
+
+
+def _fit_label(curve: Curve, fit) -> str:
+    if isinstance(fit, PowerLawFit):
+        return f"{curve.label}: β={fmt(fit.beta)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
+    return f"{curve.label}: w_t={fmt(fit.x_break)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
+
+
+def _draw_fit(ax, fit, x: np.ndarray, color) -> bool:
+    """The fitted line over the range of `x`; False when the fit has no estimate."""
+    x = x[np.isfinite(x) & (x > 0)]
+    if isinstance(fit, PowerLawFit) and np.isfinite(fit.beta) and x.size:
+        xx = np.geomspace(x.min(), x.max(), 50)
+        ax.plot(xx, fit.c * xx**fit.beta, "--", color=color, linewidth=1)
+        return True
+    if isinstance(fit, BrokenPowerLawFit) and np.isfinite(fit.x_break) and x.size:
+        xx = np.geomspace(x.min(), x.max(), 100)
+        below = np.where(xx <= fit.x_break, fit.beta_below, fit.beta_above)
+        ax.plot(xx, fit.c_break * (xx / fit.x_break) ** below, "--", color=color, linewidth=1)
+        ax.axvline(fit.x_break, color=color, linewidth=1)
+        if np.isfinite(fit.ci_low) and np.isfinite(fit.ci_high):
+            ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.1)
+        return True
+    return False
+
+
+def _draw_curve(ax, curve: Curve, fit, color, log_y: bool) -> None:
+    mean, std = mean_std(curve.y)
+    ok = np.isfinite(curve.x) & np.isfinite(mean)
+    if log_y:
+        ok &= mean > 0
+    if not ok.any():
+        return
+    x, m, sd = curve.x[ok], mean[ok], std[ok]
+    has_fit = fit is not None and _draw_fit(ax, fit, curve.x, color)
+    ax.plot(x, m, "o-", color=color, markersize=4, linewidth=0.8,
+            label=_fit_label(curve, fit) if has_fit else curve.label)
+    lower = m - sd
+    if log_y:
+        values = curve.y[np.isfinite(curve.y) & (curve.y > 0)]
+        lower = np.maximum(lower, values.min())  # keep the band's lower edge positive
+    ax.fill_between(x, lower, m + sd, color=color, alpha=0.2, linewidth=0)
+
+
+def _axes_style(ax, panel: Panel) -> None:
+    xs = np.unique(np.concatenate([c.x for c in panel.curves])) if panel.curves else np.array([])
+    if panel.log_x:
+        ax.set_xscale("log")
+        xs = xs[np.isfinite(xs) & (xs > 0)]
+        if xs.size:
+            ticks = xs[:: int(np.ceil(xs.size / 8))]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    if panel.log_y and ax.has_data():
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        if lo > 0 and np.log10(hi / lo) < 1.0:  # at least a decade: a flat quantity reads flat
+            mid = np.sqrt(lo * hi)
+            ax.set_ylim(mid / np.sqrt(10.0), mid * np.sqrt(10.0))
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title, fontsize=9)
+
+
+def _colors(labels: list[str]) -> dict[str, tuple]:
+    """One color per distinct curve label, the same in every panel of a figure."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+
+
+def draw_grid(grid: list[list[Panel]], title: str, path: Path) -> Path:
+    """Draw `grid` (rows of panels) into one PNG at `path`; return `path`."""
+    rows, cols = len(grid), max(len(r) for r in grid)
+    labels = list(dict.fromkeys(c.label for r in grid for p in r for c in p.curves))
+    colors = _colors(labels)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6))
+    axs = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    with quiet():
+        for i, row in enumerate(grid):
+            for j in range(cols):
+                ax = axs[i, j]
+                if j >= len(row):
+                    ax.set_axis_off()
+                    continue
+                panel = row[j]
+                fits = panel.fits or [None] * len(panel.curves)
+                for curve, fit in zip(panel.curves, fits):
+                    _draw_curve(ax, curve, fit, colors[curve.label], panel.log_y)
+                if not ax.has_data():
+                    ax.text(0.5, 0.5, panel.note, ha="center", va="center",
+                            transform=ax.transAxes, fontsize=8)
+                _axes_style(ax, panel)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,175 @@
+"""Scaling figures of a single sweep's report: Fig. 2 (summaries against width or data),
+Fig. 3 (the width transition) and the laziness figure, with their fits.
+
+Every fit is appended to the caller's list of rows (for report.md), dropped points included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ntkbench._analysis import fit_broken_power_law, fit_power_law
+from ntkbench._report.figures import Plan, facet_name, has, mean_std
+from ntkbench._report.plot import (
+    band,
+    colors,
+    finite_xy,
+    fmt,
+    quiet,
+    save,
+    sweep_xticks,
+    widen_log_y,
+)
+
+SCALING_VARIABLES = (
+    ("min_test_loss", "min test loss"),
+    ("erank_star", "erank*"),
+    ("T0", "T0 (trace at init)"),
+    ("alpha_star", "α* (adaptation rate at k*)"),
+)
+LAZINESS_VARIABLES = (
+    ("kernel_distance_star", "kernel distance from init at k*"),
+    ("lin_output_gap_star", "linearized-model output gap at k*"),
+)
+
+
+def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed):
+    fit = fit_power_law(x, y, num_bootstrap=num_bootstrap, seed=seed)
+    fit_rows.append((key, group, fit))
+    if np.isfinite(fit.beta):
+        xx = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
+        ax.plot(xx, fit.c * xx**fit.beta, "--", color=color, linewidth=1,
+                label=(f"{group + ': ' if group else ''}β={fit.beta:.2f} "
+                       f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"))
+
+
+def _curves(ax, ds, name, plan, axis, groups, cols, style):
+    """Plot, per facet, the mean ± std of `name` against `axis`; yield `(color, title, x, y)`:
+    `x` the plotted (finite) axis values, `y` the `(len(axis), replicates)` values for a fit
+    (facets without finite values are skipped)."""
+    x_all = np.asarray(ds[axis].values, float)
+    for facet, color in zip(groups, cols):
+        _, title = facet_name(ds, facet)
+        sub = ds[name].isel(facet)
+        mean, std = mean_std(sub, plan.reps)
+        x, m, sd = finite_xy(x_all, mean.values, std.values)
+        if not x.size:
+            continue
+        ax.plot(x, m, style, color=color, markersize=4, **({"linewidth": 0.8} if "-" in style
+                                                             else {}))
+        positive = sub.values[np.isfinite(sub.values) & (sub.values > 0)]
+        band(ax, x, m, sd, color, True, positive.min() if positive.size else None)
+        yield color, title, x, np.asarray(sub.transpose(axis, *plan.reps).values,
+                                          float).reshape(x_all.size, -1)
+
+
+def _finish_axis(ax, ds, name, axis, ylabel, fontsize) -> None:
+    if np.any(np.asarray(ds[name].values) > 0):
+        ax.set_yscale("log")
+        widen_log_y(ax)
+    sweep_xticks(ax, np.asarray(ds[axis].values, float))
+    ax.set_xlabel(axis)
+    ax.set_title(ylabel)
+    ax.legend(fontsize=fontsize)
+
+
+def _no_values(ax, text, ylabel) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(ylabel)
+
+
+def _facets(ds, plan, axis):
+    groups = plan.facets(ds, exclude=[axis])
+    return groups, colors(len(groups)) if len(groups) > 1 else ["C0"]
+
+
+def fig2_scaling(ds, plan, axis, out_dir, fit_rows, num_bootstrap, seed) -> Path:
+    groups, cols = _facets(ds, plan, axis)
+    fig = Figure(figsize=(13, 3.6))
+    axs = fig.subplots(1, 4)
+    x_all = np.asarray(ds[axis].values, float)
+    with quiet():
+        for ax, (name, ylabel) in zip(axs, SCALING_VARIABLES):
+            if not has(ds, name):
+                _no_values(ax, f"{ylabel}:\nno finite values (NTK not recorded,\nor k* at a "
+                           "window edge)", ylabel)
+                continue
+            for color, title, _, y in _curves(ax, ds, name, plan, axis, groups, cols, "o"):
+                _power_fit_line(ax, x_all, y, color, title, fit_rows, (name, axis),
+                                num_bootstrap, seed)
+            ax.set_xscale("log")
+            _finish_axis(ax, ds, name, axis, ylabel, 6)
+    fig.suptitle(f"Fig. 2: scaling with {axis} (mean ± std over {', '.join(plan.reps) or '1'};"
+                 " dashed: power-law fit, 95% bootstrap CI)")
+    return save(fig, out_dir / f"fig2_scaling_{axis}.png")
+
+
+def _transition_line(ax, x, fit, color, title) -> None:
+    """The fitted broken power law, its breakpoint and the breakpoint's interval."""
+    xx = np.geomspace(x.min(), x.max(), 100)
+    yy = fit.c_break * np.where(xx <= fit.x_break, (xx / fit.x_break) ** fit.beta_below,
+                                (xx / fit.x_break) ** fit.beta_above)
+    ax.plot(xx, yy, "--", color=color, linewidth=1,
+            label=(f"{title + ': ' if title else ''}w_t={fit.x_break:.0f} "
+                   f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}], "
+                   f"β={fit.beta_below:.2f}/{fit.beta_above:.2f}"))
+    ax.axvline(fit.x_break, color=color, linewidth=1)
+    if np.isfinite(fit.ci_low):
+        ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.1)
+
+
+def fig3_transition(ds, plan, out_dir, trans_rows, num_bootstrap, seed) -> Path:
+    axis = "width"
+    groups, cols = _facets(ds, plan, axis)
+    fig = Figure(figsize=(10, 4))
+    axs = fig.subplots(1, 2)
+    x_all = np.asarray(ds[axis].values, float)
+    with quiet():
+        for ax, (name, ylabel) in zip(axs, [("trace_ratio", "trace ratio r = (T* − T0)/T0"),
+                                            ("erank_star", "erank*")]):
+            for color, title, x, y in _curves(ax, ds, name, plan, axis, groups, cols, "o-"):
+                fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
+                trans_rows.append((name, title, fit))
+                if np.isfinite(fit.x_break):
+                    _transition_line(ax, x, fit, color, title)
+            ax.set_xscale("log")
+            _finish_axis(ax, ds, name, axis, ylabel, 7)
+    fig.suptitle("Fig. 3: width transition (vertical line: broken-power-law breakpoint,"
+                 " shaded: 95% bootstrap CI)")
+    return save(fig, out_dir / "fig3_transition.png")
+
+
+def fig_laziness(ds, plan: Plan, out_dir: Path, fit_rows, trans_rows, num_bootstrap, seed
+                 ) -> Path:
+    """How lazy is each width: the kernel distance from initialization and the linearized
+    model's output gap at k* against width (power-law fits), beside the trace ratio with its
+    transition width (docs/definitions.md §12)."""
+    axis = "width"
+    groups, cols = _facets(ds, plan, axis)
+    fig = Figure(figsize=(13, 3.8))
+    axs = fig.subplots(1, 3)
+    x_all = np.asarray(ds[axis].values, float)
+    with quiet():
+        for ax, (name, ylabel) in zip(axs, LAZINESS_VARIABLES + (("trace_ratio",
+                                                                  "trace ratio"),)):
+            if not has(ds, name):
+                _no_values(ax, f"{ylabel}:\nnot recorded", ylabel)
+                continue
+            for color, title, _, y in _curves(ax, ds, name, plan, axis, groups, cols, "o-"):
+                if name != "trace_ratio":
+                    _power_fit_line(ax, x_all, y, color, title, fit_rows, (name, axis),
+                                    num_bootstrap, seed)
+                    continue
+                fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
+                trans_rows.append((name, title, fit))
+                if np.isfinite(fit.x_break):
+                    ax.axvline(fit.x_break, color=color, linewidth=1,
+                               label=f"transition w_t={fit.x_break:.0f} "
+                                     f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]")
+            _finish_axis(ax, ds, name, axis, ylabel, 6)
+    fig.suptitle("Laziness: lower is lazier (dashed: power-law fit with 95% bootstrap CI; "
+                 "vertical line: the trace ratio's transition width)")
+    return save(fig, out_dir / "fig_laziness.png")

@@ -1,0 +1,80 @@
+"""Reading a sweep's results: `ntkbench.load(workdir)` and `ntkbench.verify(workdir)`."""
+
+from __future__ import annotations
+
+import os
+
+from ntkbench._analysis import summarize
+from ntkbench._config import stored
+from ntkbench._data import load_dataset
+from ntkbench._store.store import ResultsStore, read_dataset
+from ntkbench._store.verify import describe, find_damage
+from ntkbench._train import packs_from_json
+from ntkbench._workdir import Workdir
+
+
+def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
+    """The results of a sweep as an `xarray.Dataset` (docs/results.md).
+
+    Dimensions: one per sweep axis (`depth`, `width`, `n_train`, `noise`, `data_draw`, `seed`),
+    each sorted, and `epoch`. Uncommitted records read NaN. With `summaries`, the per-member
+    summaries (`T0`, `k_star`, `T_star`, `trace_ratio`, `erank_star`, `alpha_star`, ...) are
+    added (`ntkbench.summarize`); with `snapshots`, the lazily read `ntk_snapshot`.
+    The attributes hold the sweep's name, dataset, model and recording strides.
+
+    Example:
+        >>> ds = ntkbench.load("runs/quick")  # doctest: +SKIP
+        >>> ds.test_loss.sel(epoch=ds.epoch[-1]).mean("seed")  # doctest: +SKIP
+
+    Raises:
+        FileNotFoundError: the workdir holds no results.
+    """
+    wd = Workdir(workdir)
+    try:
+        ds = read_dataset(wd.results, snapshots=snapshots)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No results in {workdir}; run the sweep there first "
+                                f"(ntkbench run --workdir={workdir}).") from None
+    manifest = wd.read_manifest() if os.path.exists(wd.manifest_path) else None
+    if manifest is not None:
+        c = stored(manifest["config"])
+        ds.attrs.update(name=c.name, dataset=c.dataset, model=c.model, epochs=c.epochs,
+                        ntk_every=c.ntk_every, eval_every=c.eval_every,
+                        ntk_epochs=list(c.ntk_epochs()), workdir=wd.path)
+    if summaries:
+        ds = summarize(ds)
+    return ds
+
+
+class DamageReport(list):
+    """The damaged stored values of a sweep (`Damage` records), empty when every committed
+    value is present and readable; `describe()` says which packs and variables, in one line."""
+
+    def __init__(self, damage, packs):
+        super().__init__(damage)
+        self.packs = tuple(packs)
+
+    def describe(self) -> str:
+        return describe(self, self.packs) if self else "every committed value is present and readable"
+
+
+def verify(workdir: str) -> DamageReport:
+    """The damaged (missing or undecodable) stored values of a sweep, as a `DamageReport`; an
+    empty one when every committed value is present and readable.
+
+    Example:
+        >>> report = ntkbench.verify("runs/quick")  # doctest: +SKIP
+        >>> report.describe() if report else "intact"  # doctest: +SKIP
+        'intact'
+    """
+    wd = Workdir(workdir)
+    manifest = wd.read_manifest()
+    if manifest is None:
+        raise FileNotFoundError(f"{workdir} holds no ntkbench sweep.")
+    config = stored(manifest["config"])
+    num_classes = manifest.get("data", {}).get("num_classes")
+    if num_classes is None:
+        num_classes = load_dataset(config.dataset, config.data_dir or None).num_classes
+    store = ResultsStore(wd.results, config, num_classes)
+    packs = packs_from_json(config, manifest["packs"])
+    return DamageReport(find_damage(wd, store, config, packs), packs)

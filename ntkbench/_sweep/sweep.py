@@ -1,0 +1,144 @@
+"""Running a sweep: check, plan, then train every pack and stream its records to the store.
+
+`run` reads like the description of a sweep in README.md: check the request against the
+workdir and the data (before anything is compiled or written), plan the packs, write the
+manifest, open the results store (repairing damage `verify` finds), then train pack by pack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+
+from ntkbench._config import SweepConfig, from_config_dict, parse_shard, storage_guard
+from ntkbench._data import check_data, load_dataset
+from ntkbench._store import ResultsStore, repair
+from ntkbench._sweep.runner import Hooks, PackContext, train_pack
+from ntkbench._train import (
+    ModelFamily,
+    PackBuilder,
+    Plan,
+    Runtime,
+    check_fits,
+    extend_plan,
+    model_family,
+    packs_from_json,
+    packs_to_json,
+    shard_packs,
+)
+from ntkbench._train import plan as plan_packs
+from ntkbench._workdir import Workdir, check_data_fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    workdir: str
+    plan: Plan
+    seconds: float
+    member_epochs: int  # trained by this call (not skipped or restored)
+
+
+def plan_sweep(config: SweepConfig, family: ModelFamily, manifest: dict | None,
+               num_devices: int) -> tuple[Plan, int]:
+    """The manifest's plan plus packs for members it does not cover yet: `(plan, #old packs)`."""
+    if manifest is None or not manifest.get("packs"):
+        return plan_packs(config, family, num_devices=num_devices), 0
+    old = packs_from_json(config, manifest["packs"])
+    return extend_plan(config, family, old, num_devices=num_devices), len(old)
+
+
+def _manifest(config, plan, num_old, previous, fingerprint, num_devices) -> dict:
+    history = [] if previous is None else list(previous.get("history", []))
+    if previous is not None and num_old < len(plan.packs):
+        added = plan.packs[num_old:]
+        history.append({"extended": time.time(), "from_fingerprint": previous.get("fingerprint"),
+                        "added_packs": [p.pack_id for p in added],
+                        "added_members": sum(p.num_members for p in added)})
+    return {"config": config.to_dict(), "fingerprint": config.fingerprint(), "data": fingerprint,
+            "efficiency": plan.efficiency, "num_devices": num_devices,
+            "packs": packs_to_json(plan.packs), "history": history}
+
+
+def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | None = None,
+        shard=None, extend: bool = False, model_fn=None) -> SweepResult:
+    """Train every member of a sweep (or of share `shard` of its packs), recording its losses
+    and NTK quantities in `workdir`.
+
+    Resumable: done packs are skipped, started ones continue from their latest readable
+    checkpoint, and records that are rewritten must reproduce the stored bits.
+
+    Example:
+        >>> config = ntkbench.SweepConfig(widths=(8, 64), num_seeds=2, epochs=20)
+        >>> ntkbench.run(config, "runs/tiny")  # doctest: +SKIP
+
+    Args:
+        config: a `SweepConfig`, or a preset's `ConfigDict` (validated here).
+        workdir: directory for the manifest, checkpoints and results.
+        runtime: devices, mesh and runtime choices (`Runtime.local()` by default). With several
+            processes, every process calls `run_sweep` with the same arguments.
+        hooks: progress, logging, stop requests and heartbeats (see `Hooks`).
+        shard: `"I/N"`: train only share I of N of the packs (independent jobs on one workdir).
+        extend: `config` may add members to the sweep in `workdir` (more widths, seeds, ...);
+            finished members are left exactly as they are.
+        model_fn: the constructor of `model="custom"` members (docs/models.md).
+
+    Returns:
+        A `SweepResult`; load the numbers with `ntkbench.load(workdir)`.
+    """
+    if not isinstance(config, SweepConfig):
+        config = from_config_dict(config)
+    runtime = Runtime.local() if runtime is None else runtime
+    hooks = Hooks() if hooks is None else hooks
+    shard = parse_shard(shard)
+    wd = Workdir(workdir)
+    previous, config = wd.check(config, extend_ok=extend)
+    data = load_dataset(config.dataset, config.data_dir or None)
+    check_data(config, data)
+    fingerprint = data.fingerprint()
+    check_data_fingerprint(previous, fingerprint, wd.path)
+    family = model_family(config, data, model_fn)
+    check_fits(config, family, runtime.device_memory)
+    plan, num_old = plan_sweep(config, family, previous, runtime.num_devices)
+    mine = shard_packs(plan, shard)
+    # Every process has checked the workdir before process 0 writes to it.
+    runtime.sync("ntkbench-workdir-checked")
+    lock = wd.lock(shard) if runtime.primary else contextlib.nullcontext()
+    if runtime.primary:
+        wd.check_writable()
+    with storage_guard(wd.path), lock:
+        if runtime.primary:
+            manifest = _manifest(config, plan, num_old, previous, fingerprint,
+                                 runtime.num_devices)
+            if previous is None or manifest != {k: previous.get(k) for k in manifest}:
+                wd.write_manifest(manifest)  # the plan first: the store grows when opened
+            store = ResultsStore(wd.results, config, data.num_classes)
+        runtime.sync("ntkbench-store-created")
+        if not runtime.primary:
+            store = ResultsStore(wd.results, config, data.num_classes)
+        repair(wd, store, config, mine, log=hooks.log, primary=runtime.primary)
+        runtime.sync("ntkbench-repaired")  # every process sees the repaired pack statuses
+        hooks.log(_describe(config, data, runtime, plan, mine, num_old, shard))
+        builder = PackBuilder(config, runtime=runtime, data=data, family=family, plan=plan)
+        ctx = PackContext(
+            config=config, builder=builder, workdir=wd, store=store,
+            writes_share_cores=runtime.platform == "cpu",
+            hooks=hooks, primary=runtime.primary,
+            stop=lambda: runtime.agree(hooks.should_stop()), sync=runtime.sync,
+            total=sum(p.num_members for p in mine) * config.epochs)
+        for i, pack in enumerate(mine):
+            train_pack(ctx, pack, i, len(mine))
+    return SweepResult(wd.path, plan, time.perf_counter() - ctx.start, ctx.trained)
+
+
+def _describe(config, data, runtime, plan, mine, num_old, shard) -> str:
+    share = (f", share {shard[0]}/{shard[1]}: {len(mine)} of {len(plan.packs)} packs"
+             if shard[1] > 1 else "")
+    extended = (f"; extended by {len(plan.packs) - num_old} new pack(s)"
+                if 0 < num_old < len(plan.packs) else "")
+    members = math.prod(config.grid_shape)
+    return (f"sweep {config.name!r}: {members} members on {config.dataset} "
+            f"({len(data.y_train)} train / {len(data.y_test)} test), {config.epochs} epochs, "
+            f"{runtime.num_devices} device(s), {runtime.num_processes} process(es){share}"
+            f"{extended}\n{plan.describe()}")
