@@ -12,7 +12,8 @@ from `pyproject.toml`'s `[tool.setuptools.package-dir]`. `tests/test_architectur
 2. The library's private groups (`ntkbench/_<group>/`, docs/architecture.md) import each other
    one way, in the order of `GROUPS`: a group imports only groups before it.
 3. No private name crosses a group line: another group imports a group through its
-   `__init__` (never `ntkbench._group.module`), and never a name starting with `_`.
+   `__init__` (never `ntkbench._group.module`), and never a name starting with `_`; the same
+   for `ntkbench.kernels` and `ntkbench.checkpoints` from outside them.
 4. The launchers and the examples use only the public API (`ntkbench`, `ntkbench.kernels`,
    `ntkbench.models`, `ntkbench.observables`, `ntkbench.checkpoints`) and the launchers' own
    modules.
@@ -152,6 +153,10 @@ def check() -> list[str]:
                     out.append(f"{where}: {module} imports {dep} (rule 1: {layer(module)} may "
                                f"import only {', '.join(sorted(ALLOWED[layer(module)]))})")
                 there = group(dep)
+                if (layer(dep) in ("ntkbench.kernels", "ntkbench.checkpoints")
+                        and layer(module) != layer(dep) and dep != layer(dep)):
+                    out.append(f"{where}: {module} imports {dep}, a private module of "
+                               f"{layer(dep)}; import from {layer(dep)} (rule 3)")
                 if layer(module) == "ntkbench.launchers":
                     if there is not None and dep not in PUBLIC:
                         out.append(f"{where}: the launcher {module} imports {dep} (rule 4: "

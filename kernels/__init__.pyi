@@ -1,5 +1,7 @@
 """The public names of `ntkbench.kernels` (loaded lazily by `__init__.py`)."""
 
+from ._common import MATMUL_PRECISION as MATMUL_PRECISION
+from ._common import check_inputs as check_inputs
 from ._deflated import HutchppGram as HutchppGram
 from ._deflated import deflated_slq as deflated_slq
 from ._deflated import delta_method as delta_method

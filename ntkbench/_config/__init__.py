@@ -56,6 +56,8 @@ from ntkbench._config.schema import (
     LINEARIZED,
     MEMBER_VARIABLES,
     NTK_EXACT,
+    NTK_EXACT_ONLY,
+    NTK_RECORD_KEYS,
     NTK_STDERR,
     NTK_VARIABLES,
     NTK_VELOCITY,
@@ -73,7 +75,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

@@ -52,6 +52,22 @@ NTK_VELOCITY = ("kernel_velocity",)
 NTK_STDERR = ("ntk_entropy_stderr", "ntk_erank_stderr", "label_alignment_stderr",
               "kernel_distance_init_stderr")
 NTK_VARIABLES = NTK_EXACT + NTK_VELOCITY + NTK_STDERR
+#: What an NTK record holds, in one table for both record paths: each stored name and the key
+#: under which the record step computes it (the observables' own names, as
+#: `ntkbench.observables.spectral_record` and the matrix-free record return them).
+NTK_RECORD_KEYS = {
+    "ntk_trace": "trace", "ntk_entropy": "entropy", "ntk_erank": "erank",
+    "label_alignment": "label_alignment", "label_alignment_traced": "label_alignment_traced",
+    "eigvec_misalignment": "eigvec_misalignment", "misalignment_clipped": "misalignment_clipped",
+    "kernel_distance_init": "kernel_distance", "kernel_velocity": "kernel_velocity",
+    "ntk_entropy_stderr": "entropy_stderr", "ntk_erank_stderr": "erank_stderr",
+    "label_alignment_stderr": "label_alignment_stderr",
+    "kernel_distance_init_stderr": "kernel_distance_stderr",
+}
+#: Quantities only an exact record has (they need the formed kernel or its eigenvectors); a
+#: matrix-free record stores NaN for them.
+NTK_EXACT_ONLY = ("label_alignment_traced", "eigvec_misalignment", "misalignment_clipped",
+                  "kernel_velocity")
 
 LAYER_VARIABLES = ("layer_ntk_trace", "layer_ntk_erank", "layer_ck_trace", "layer_ck_erank")
 #: NTK quantities recomputed at the state of `k*` when a pack ends (stored as `best_<name>`).

@@ -63,7 +63,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ntkbench import kernels
-from ntkbench.kernels._common import MATMUL_PRECISION, check_inputs
+from ntkbench._config import NTK_EXACT, NTK_RECORD_KEYS, NTK_STDERR
+from ntkbench.kernels import MATMUL_PRECISION, check_inputs
 from ntkbench.observables import EIGENVALUE_FLOOR
 
 #: Random probes of the SLQ (chosen by measurement; see docs/matrix_free.md).
@@ -83,20 +84,11 @@ DEFAULT_NUM_FROBENIUS_PROBES = 96
 #: checks the coverage.
 COVERAGE_Z = 2.3
 
-#: The scalars `matrix_free_record` returns.
-RECORD_KEYS = (
-    "trace",
-    "entropy",
-    "entropy_stderr",
-    "erank",
-    "erank_stderr",
-    "label_alignment",
-    "label_alignment_stderr",
-    "kernel_distance",
-    "kernel_distance_stderr",
-    "label_alignment_traced",
-    "eigvec_misalignment",
-)
+#: The scalars `matrix_free_record` returns: the record keys of the stored NTK quantities
+#: (`NTK_RECORD_KEYS`, one table for both record paths) with their standard errors; those only
+#: an exact record has are NaN, except the ones the record step alone fills in.
+RECORD_KEYS = tuple(NTK_RECORD_KEYS[name] for name in NTK_EXACT + NTK_STDERR
+                    if name not in ("misalignment_clipped",))
 
 
 def after(x: Array, dep: Array) -> Array:

@@ -28,19 +28,17 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ntkbench import kernels, observables
-from ntkbench._config import NTK_EXACT, NTK_STDERR, NTK_VELOCITY, SweepConfig
+from ntkbench._config import (
+    BEST_SOURCES,
+    NTK_EXACT,
+    NTK_RECORD_KEYS,
+    NTK_STDERR,
+    NTK_VELOCITY,
+    SweepConfig,
+)
 from ntkbench._record.matrix_free import matrix_free_record
 from ntkbench._record.spectrum import cosine_spectrum, top_misalignment
 
-#: The store's name of each quantity of a matrix-free record (`matrix_free_record`'s keys).
-_SLQ_KEYS = {
-    "ntk_trace": "trace", "ntk_entropy": "entropy", "ntk_erank": "erank",
-    "label_alignment": "label_alignment", "label_alignment_traced": "label_alignment_traced",
-    "eigvec_misalignment": "eigvec_misalignment", "kernel_distance_init": "kernel_distance",
-    "ntk_entropy_stderr": "entropy_stderr", "ntk_erank_stderr": "erank_stderr",
-    "label_alignment_stderr": "label_alignment_stderr",
-    "kernel_distance_init_stderr": "kernel_distance_stderr",
-}
 
 
 class RecordCarry(eqx.Module):
@@ -136,21 +134,21 @@ class Recorder:
                                dtype=jnp.float64 if self.config.ntk_float64 else jnp.float32)
         h = spec.entropy.astype(k.dtype)
         n = jnp.round(jnp.where(jnp.isfinite(erank), erank, 1.0))
-        out = {
-            "ntk_trace": jnp.trace(k) / k.shape[0],
-            "ntk_entropy": h,
-            "ntk_erank": jnp.exp(h),
+        rec = {  # record keys (`NTK_RECORD_KEYS`), as the observables name them
+            "trace": jnp.trace(k) / k.shape[0],
+            "entropy": h,
+            "erank": jnp.exp(h),
             "label_alignment": observables.label_alignment(k, y1),
             "label_alignment_traced": observables.label_alignment_traced(
                 _rank4(k, self.num_classes), y1),
             "eigvec_misalignment": top_misalignment(vectors, erank, spec.vectors).astype(k.dtype),
             "misalignment_clipped": jnp.where(jnp.isfinite(erank),
                                               (n > self.num_vectors).astype(k.dtype), jnp.nan),
-            "kernel_distance_init": observables.kernel_distance(k, ntk0),
+            "kernel_distance": observables.kernel_distance(k, ntk0),
         }
         if self.velocity:
-            out["kernel_velocity"] = observables.kernel_distance(k, prev_ntk)
-        return out, spec.vectors.astype(jnp.float32), jnp.exp(h), k
+            rec["kernel_velocity"] = observables.kernel_distance(k, prev_ntk)
+        return self._stored(rec), spec.vectors.astype(jnp.float32), jnp.exp(h), k
 
     def record(self, model, x, y, carry: RecordCarry, inputs: RecordInputs, epoch
                ) -> tuple[dict[str, Array], RecordCarry]:
@@ -189,25 +187,22 @@ class Recorder:
                 num_deflate=c.slq_deflate, num_frobenius_probes=c.slq_frobenius_probes,
                 reference=reference, method=c.ntk_method)
 
-        per = jax.lax.map(one, (xs, ys, jax.random.split(key, self.draws)))
-        out = {}
-        for name in self.names:
-            if name not in _SLQ_KEYS:  # needs eigenvectors: not in a matrix-free record
-                out[name] = jnp.full((), jnp.nan, jnp.float32)
-                continue
-            value = per[_SLQ_KEYS[name]]
-            # Independent draws: the error of the mean is sqrt(sum se²) / draws.
-            out[name] = (jnp.sqrt(jnp.sum(value**2)) / self.draws if name.endswith("_stderr")
-                         else jnp.mean(value))
-        return out
+        per = self._stored(jax.lax.map(one, (xs, ys, jax.random.split(key, self.draws))))
+        # Independent draws: the error of the mean is sqrt(sum se²) / draws.
+        return {name: (jnp.sqrt(jnp.sum(v**2)) / self.draws if name.endswith("_stderr")
+                       else jnp.mean(v)) for name, v in per.items()}
+
+    def _stored(self, rec: dict[str, Array]) -> dict[str, Array]:
+        """A record's quantities under their stored names (`NTK_RECORD_KEYS`); those the
+        record path does not compute (a matrix-free record has no eigenvectors) are NaN."""
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return {name: rec.get(NTK_RECORD_KEYS[name], nan) for name in self.names}
 
     def measure(self, model, x, y, inputs: RecordInputs) -> dict[str, Array]:
         """The NTK quantities of a state that needs no carry (the state at `k*`)."""
         carry = self.init_carry(inputs)
         out, _ = self.record(model, x, y, carry, inputs, jnp.asarray(0, jnp.int32))
-        keep = ("ntk_trace", "ntk_entropy", "ntk_erank", "label_alignment",
-                "label_alignment_traced", "kernel_distance_init")
-        return {k: out[k] for k in keep}
+        return {k: out[k] for k in BEST_SOURCES if k in out}
 
     def snapshot(self, model, x) -> Float[Array, "m m"]:
         """The matrix-form NTK of one member on the first test draw."""
