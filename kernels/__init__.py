@@ -25,8 +25,24 @@ Matrix-free spectra for large N:
     one pass, `structured_vp_fn` for dense networks); with the top of the spectrum handled
     exactly: `deflated_slq` (after `top_subspace`) and `frobenius_hutchpp` -> `HutchppGram`
     (`tr(K_a K_b)` of one or two kernels on shared probes), `mean_cov`, `delta_method`.
+Curvature, matrix-free (top eigenvalues by Lanczos, `TopEigen(value, residual)`):
+    `hessian_vp`, `hessian_vp_fn` (Hessian-vector products of any `loss_fn(model)`),
+    `hessian_top_eigen` (the sharpness), `preconditioned_top_eigen` (of Adam's `D⁻¹H`, with
+    `adam_preconditioner` from an optax Adam state), `ntk_top_eigen` (the weighted training-set
+    NTK: the Gauss-Newton spectrum of MSE), `gauss_newton_vp_fn`, `top_eigen` (any symmetric
+    operator).
 """
 
+from ._curvature import TOP_EIGEN_NUM_STEPS as TOP_EIGEN_NUM_STEPS
+from ._curvature import TopEigen as TopEigen
+from ._curvature import adam_preconditioner as adam_preconditioner
+from ._curvature import gauss_newton_vp_fn as gauss_newton_vp_fn
+from ._curvature import hessian_top_eigen as hessian_top_eigen
+from ._curvature import hessian_vp as hessian_vp
+from ._curvature import hessian_vp_fn as hessian_vp_fn
+from ._curvature import ntk_top_eigen as ntk_top_eigen
+from ._curvature import preconditioned_top_eigen as preconditioned_top_eigen
+from ._curvature import top_eigen as top_eigen
 from ._deflated import HutchppGram as HutchppGram
 from ._deflated import deflated_slq as deflated_slq
 from ._deflated import delta_method as delta_method
