@@ -25,6 +25,12 @@ Matrix-free spectra for large N:
     one pass, `structured_vp_fn` for dense networks); with the top of the spectrum handled
     exactly: `deflated_slq` (after `top_subspace`) and `frobenius_hutchpp` -> `HutchppGram`
     (`tr(K_a K_b)` of one or two kernels on shared probes), `mean_cov`, `delta_method`.
+Curvature, matrix-free (top eigenvalues by Lanczos, `TopEigen(value, residual)`):
+    `hessian_vp`, `hessian_vp_fn` (Hessian-vector products of any `loss_fn(model)`),
+    `hessian_top_eigen` (the sharpness), `preconditioned_top_eigen` (of Adam's `D⁻¹H`, with
+    `adam_preconditioner` from an optax Adam state), `ntk_top_eigen` (the weighted training-set
+    NTK: the Gauss-Newton spectrum of MSE), `gauss_newton_vp_fn`, `top_eigen` (any symmetric
+    operator).
 
 The names are loaded on first use (`__init__.pyi` lists them, for readers and type checkers), so
 that the library's config can check `ntk_method` against `NtkMethod` without importing JAX.

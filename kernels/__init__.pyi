@@ -2,6 +2,16 @@
 
 from ._common import MATMUL_PRECISION as MATMUL_PRECISION
 from ._common import check_inputs as check_inputs
+from ._curvature import TOP_EIGEN_NUM_STEPS as TOP_EIGEN_NUM_STEPS
+from ._curvature import TopEigen as TopEigen
+from ._curvature import adam_preconditioner as adam_preconditioner
+from ._curvature import gauss_newton_vp_fn as gauss_newton_vp_fn
+from ._curvature import hessian_top_eigen as hessian_top_eigen
+from ._curvature import hessian_vp as hessian_vp
+from ._curvature import hessian_vp_fn as hessian_vp_fn
+from ._curvature import ntk_top_eigen as ntk_top_eigen
+from ._curvature import preconditioned_top_eigen as preconditioned_top_eigen
+from ._curvature import top_eigen as top_eigen
 from ._deflated import HutchppGram as HutchppGram
 from ._deflated import deflated_slq as deflated_slq
 from ._deflated import delta_method as delta_method

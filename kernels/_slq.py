@@ -73,6 +73,17 @@ def lanczos(
     Returns:
         `(alpha (k,), beta (k,))`: diagonal and off-diagonal (`beta[:-1]`) of the tridiagonal `T`.
     """
+    alpha, beta, _ = lanczos_basis(matvec_fn, v0, num_steps)
+    return alpha, beta
+
+
+def lanczos_basis(
+    matvec_fn: Callable[[Float[Array, " m"]], Float[Array, " m"]],
+    v0: Float[Array, " m"],
+    num_steps: int,
+) -> tuple[Float[Array, " k"], Float[Array, " k"], Float[Array, "k+1 m"]]:
+    """`lanczos` that also returns its orthonormal basis (rows; zero rows after a breakdown), for
+    Ritz vectors `basis[:k].T @ s` from eigenvectors `s` of `T`."""
     m = v0.shape[0]
     dtype = v0.dtype
     tol = jnp.finfo(dtype).eps * 100
@@ -98,8 +109,8 @@ def lanczos(
         jnp.zeros((num_steps,), dtype),
         jnp.zeros((), dtype),
     )
-    _, alpha, beta, _ = jax.lax.fori_loop(0, num_steps, step, init)
-    return alpha, beta
+    basis, alpha, beta, _ = jax.lax.fori_loop(0, num_steps, step, init)
+    return alpha, beta, basis
 
 
 def gauss_quadrature(alpha, beta, fn) -> Float[Array, ""]:
