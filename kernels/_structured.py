@@ -10,10 +10,11 @@ large Gram matmuls, `H_l H_lᵀ` `(n1, n2)` and `Δ_l Δ_lᵀ` `(n1·O, n2·O)`,
 elementwise; nothing of size `P` (the parameter count) is ever formed.
 
 With per-parameter weights (`ntk(..., weights=...)`), scalars `ω_l` on `W_l` and `β_l` on `b_l`
-give `Θ_l = (ω_l <h_il, h_jl> + β_l [has_bias]) · <δ_ial, δ_jbl>`, at the same cost. Weights that
-vary along one axis of `W_l` only (per output unit `(out_l, 1)`, per input `(in_l,)`; bias
-weights `(out_l,)`) factorize too, `Θ_l = <h_il, s ⊙ h_jl> · <δ_ial, r ⊙ δ_jbl> + <δ_ial, β ⊙
-δ_jbl>` (one more signal Gram); a full `(out_l, in_l)` array does not (use "jacobian").
+give `Θ_l = (ω_l <h_il, h_jl> + β_l [has_bias]) · <δ_ial, δ_jbl>`, at the same cost. A weight
+of `W_l` that varies along one axis only, `r sᵀ` with `r` per output unit (`(out_l, 1)`) or `s`
+per input (`(in_l,)`), and bias weights `β` `(out_l,)` factorize too:
+`Θ_l = <h_il, s ⊙ h_jl> · <δ_ial, r ⊙ δ_jbl> + <δ_ial, β ⊙ δ_jbl>` (one more signal Gram). A full
+`(out_l, in_l)` array does not; the jacobian and implicit methods take any weights.
 """
 
 from __future__ import annotations
@@ -141,8 +142,10 @@ def layer_weights(pairs, layout, method: str = "structured") -> tuple[LayerWeigh
                 f"vary along one axis only ((out, 1) or (in,)), not {ww.shape}; use "
                 "method='jacobian' or 'implicit' for arbitrary per-parameter weights."
             )
-        w_out = w2[:, 0] if w2.shape[0] > 1 else w2[0, 0]
-        w_in = w2[0, :] if w2.shape[1] > 1 else None
+        if w2.shape[1] > 1:  # per input (or a scalar spread over the inputs)
+            w_out, w_in = jnp.ones((), w2.dtype), w2[0, :]
+        else:
+            w_out, w_in = (w2[:, 0] if w2.shape[0] > 1 else w2[0, 0]), None
         w_b = None
         if has_bias:
             wb = jnp.asarray(wb)
@@ -193,7 +196,8 @@ def _layer_terms(f1: Features, f2: Features, layout, lw=None):
 
 def weighted_diagonal(h, d, w: LayerWeights):
     """One layer's weighted NTK diagonal `(..., O)` from `h` `(..., in_l)` and `δ`
-    `(..., O, out_l)`: `<h, s ⊙ h> <δ_a, r ⊙ δ_a> + <δ_a, β ⊙ δ_a>` (scalars: `(ω |h|² + β) |δ_a|²`)."""
+    `(..., O, out_l)`: `<h, s ⊙ h> <δ_a, r ⊙ δ_a> + <δ_a, β ⊙ δ_a>`; for scalars
+    `(ω |h|² + β) |δ_a|²`."""
     hh = jnp.sum(h * h if w.inp is None else h * h * w.inp, axis=-1)
     dd = d * d
     if w.out.ndim == 0 and (w.bias is None or w.bias.ndim == 0):

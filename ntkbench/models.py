@@ -10,7 +10,8 @@ under Adam or SGD, and the function, gradients and NTK equal those of the unpadd
 
 `MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout`,
 `structured_forward` and, for per-parameter weights, `structured_leaves`): all its trainable
-parameters are dense layers `u = W h + b` in the standard parameterization. The CNN does not (its NTK uses the implicit or Jacobian method).
+parameters are dense layers `u = W h + b` in the standard parameterization. The CNN does not
+(its NTK uses the implicit or Jacobian method).
 """
 
 from __future__ import annotations
