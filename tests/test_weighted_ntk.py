@@ -291,7 +291,7 @@ def test_weights_varying_along_one_axis(mlp_case, user_case):
     w = mlp_weights(m, ((u(0, (5, 1)), u(1, (5,))), (u(2, (5,)), 0.5), (u(3, (1, 5)), 2.0),
                         (0.25, u(4, (3,)))))  # fmt: skip
     full = eqx.tree_at(lambda t: t.weights[1], w, u(5, (5, 5)))
-    um, ux1, ux2, uv, uw, _, _ = user_case
+    um, ux1, ux2, _, uw, _, _ = user_case
     uw = eqx.tree_at(lambda t: (t.inp.weight, t.head.bias), uw, (u(6, (8, 1)), u(7, (3,))))
 
     def run(m, a, b, v, w, full, um, ua, ub, uw):
