@@ -5,6 +5,15 @@ Conventions (docs/definitions.md §1-3): a model maps ONE example to `O` logits;
 normalized by `N·O`. Every function works under `jax.jit`, under `eqx.filter_vmap` over a stacked
 pack of members, and with the member axis sharded over a mesh.
 
+Weighted kernels: `ntk`, `ntk_diagonal`, `ntk_trace`, `ntk_vp`, `ntk_vp_fn`, `layer_ntks`,
+`ntk_diagonal_and_vp`, `cosine_ntk_vp_fn` and `slq_entropy` take `weights=`, a pytree shaped like
+the trainable parameters (`eqx.filter(model, eqx.is_inexact_array)`) of nonnegative scalars (may
+be traced, e.g. per member of a pack) or arrays broadcastable to each parameter, and then compute
+`Θ_w[(i,a),(j,b)] = Σ_p w_p ∂f_a(x_i)/∂θ_p ∂f_b(x_j)/∂θ_p`, i.e. `J diag(w) Jᵀ`: the kernel of
+gradient descent with per-parameter (e.g. per-layer, μP) learning rates `η_p = w_p η`. Every
+method supports it; structured models also need `structured_leaves` (see `StructuredModel`).
+`weights=None` is the plain NTK, computed exactly as without the argument.
+
 NTK:
     `ntk` (methods `NtkMethod`: jacobian, implicit, structured, hybrid, auto; `block_size` for
     bounded memory), `as_matrix`, `resolve_method`, `explain_method` (what "auto" picks and why).
@@ -12,7 +21,8 @@ Without forming the NTK:
     `ntk_diagonal`, `ntk_trace` (docs/definitions.md §2), `ntk_vp` and `ntk_vp_fn` (NTK-vector products).
 Packs of members:
     `pack_map` (every member of a stacked pack, batched or one at a time: the caller's choice).
-Dense networks (the `StructuredModel` protocol, `supports_structured`):
+Dense networks (the `StructuredModel` protocol, `supports_structured`; its optional
+`structured_leaves` maps per-parameter weights to layers):
     `layer_ntks` -> `LayerNTKs` (per-layer NTKs and conjugate kernels).
 Users' own Equinox models (method "hybrid"):
     the dense-layer identity for every `eqx.nn.Linear` called once per example at the top level of

@@ -1,4 +1,5 @@
-"""Shared helpers: parameter split, precise Gram products and the block loop."""
+"""Shared helpers: parameter split, per-parameter weights, precise Gram products and the block
+loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Float
 
@@ -24,6 +26,59 @@ def split(model) -> tuple[object, Callable[[object, Array], Array]]:
         return eqx.combine(p, static)(x)
 
     return params, f
+
+
+def check_weights(params, weights):
+    """`weights` validated against `params` (the trainable leaves, `split(model)[0]`): the same
+    tree with every leaf a jnp array in its parameter's dtype; None stays None.
+
+    Weights must have the structure of `eqx.filter(model, eqx.is_inexact_array)` (None where the
+    model holds no trainable array) with leaves broadcastable to their parameter (a scalar per
+    leaf, possibly traced, or an array). Only shapes are checked: values may be traced (their
+    nonnegativity is the caller's promise).
+    """
+    if weights is None:
+        return None
+    want = jax.tree.structure(params)
+    got = jax.tree.structure(weights)
+    if got != want:
+        have = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(weights)}
+        need = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)}
+        extra, missing = sorted(have - need)[:3], sorted(need - have)[:3]
+        detail = (
+            f"missing weights for {missing}, unexpected weights at {extra}"
+            if extra or missing
+            else "the same leaves but another tree structure (built from another model?)"
+        )
+        raise ValueError(
+            "weights must have the structure of the model's trainable parameters, "
+            "eqx.filter(model, eqx.is_inexact_array), one weight per parameter array (e.g. "
+            f"jax.tree.map(lambda p: 1.0, eqx.filter(model, eqx.is_inexact_array))): {detail}."
+        )
+
+    def leaf(path, w, p):
+        w = jnp.asarray(w, p.dtype)
+        try:
+            ok = np.broadcast_shapes(w.shape, p.shape) == p.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"The weight of parameter {jax.tree_util.keystr(path)} {p.shape} has shape "
+                f"{w.shape}, which does not broadcast to it; use a scalar per parameter array or "
+                "an array broadcastable to the parameter."
+            )
+        return w
+
+    return jax.tree_util.tree_map_with_path(leaf, weights, params)
+
+
+def weigh(tree, weights):
+    """`tree` (leaves `(*lead, *leaf.shape)`: Jacobian rows, tangents) times the weights of
+    `check_weights` (broadcast from the right); `tree` itself when `weights` is None."""
+    if weights is None:
+        return tree
+    return jax.tree.map(lambda t, w: t * w, tree, weights)
 
 
 def gram(a: Array, b: Array, free: int = 1) -> Array:

@@ -12,6 +12,10 @@ embeddings, Linears applied per token under a vmap, anything else) forms `Θ_res
 from its Jacobian rows (which the same reverse passes produce) or by NTK-vector products, whichever
 `_cost.hybrid_costs` says is cheaper. The sum is the full NTK, exactly.
 
+With per-parameter weights (`ntk(..., weights=...)`) every recognized Linear's term is weighted as
+in the structured kernel (scalars, or weights varying along one axis of `W`) and the other
+parameters' Jacobian rows or tangents are multiplied by theirs: `J diag(w) Jᵀ`, exactly.
+
 Which Linears qualify (called once per example, at the top level of the forward pass, weights not
 read directly) is decided by `analyze_linears` in `_linears.py`, whose docstring gives the rules
 and how the model is probed.
@@ -28,25 +32,28 @@ from . import _cost
 from ._common import (
     block_len,
     check_inputs,
+    check_weights,
     gram,
     map_examples,
     out_size,
     sample_major,
     split,
     tiled,
+    weigh,
 )
 from ._implicit import jvp_tile, vjp_tangents
 from ._linears import (
     HybridPlan,
+    example_spec,
     _is_linear,
     _Log,
     _Stand,
     analyze_linears,
-    example_spec,
     rest_partition,
+    rest_spec,
 )
 from ._protocol import num_trainable
-from ._structured import Features, layer_terms
+from ._structured import Features, layer_terms, layer_weights, weighted_diagonal
 
 REST_MODES = ("jacobian", "implicit")
 
@@ -99,17 +106,35 @@ def _rows_fn(model, plan: HybridPlan, with_rest: bool):
     return one, rest, frozen
 
 
-def _struct_acc(f1: Features, f2: Features, layout, acc=None):
-    """`Σ_l K_l ⊙ G_l` in the `(i, a, j, b)` layout added to `acc` (None: no term yet)."""
-    for _, k, g in layer_terms(f1, f2, layout):
-        term = k[:, None, :, None] * g
+def _split_weights(model, plan: HybridPlan, weights):
+    """`(LayerWeights of the recognized Linears, weights of the other parameters shaped like
+    rest_partition's rest)` from parameter-shaped `weights`; `(None, None)` for None."""
+    if weights is None:
+        return None, None
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    full = eqx.combine(check_weights(params, weights), static)  # model-shaped
+    leaves = jax.tree_util.tree_flatten(full, is_leaf=_is_linear)[0]
+    pairs = [(leaves[i.position].weight, leaves[i.position].bias) for i in plan.structured]
+    return layer_weights(pairs, plan.layout, "hybrid"), eqx.filter(full, rest_spec(model, plan))
+
+
+def _weigh_rows(r, rest_w):
+    """Rows `(Features, rest Jacobian rows)` with the rest rows multiplied by their weights."""
+    feats, jrest = r
+    return feats, (None if jrest is None else weigh(jrest, rest_w))
+
+
+def _struct_acc(f1: Features, f2: Features, layout, acc=None, lw=None):
+    """`Σ_l K_l ⊙ G_l` in the `(i, a, j, b)` layout added to `acc` (None: no term yet);
+    weighted by the `LayerWeights` `lw` when given."""
+    for term in layer_terms(f1, f2, layout, lw):
         acc = term if acc is None else acc + term
     return acc
 
 
-def _jac_tile(r1, r2, layout) -> Float[Array, "n1 n2 o o"]:
+def _jac_tile(r1, r2, layout, lw=None) -> Float[Array, "n1 n2 o o"]:
     (f1, j1), (f2, j2) = r1, r2
-    acc = _struct_acc(f1, f2, layout)
+    acc = _struct_acc(f1, f2, layout, lw=lw)
     if j1 is not None:
         for l1, l2 in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
             g = gram(l1, l2, free=2)
@@ -142,6 +167,7 @@ def ntk_hybrid(
     *,
     plan: HybridPlan | None = None,
     rest: str = "auto",
+    weights=None,
 ) -> Float[Array, "n1 n2 o o"]:
     """Hybrid NTK (see the module docstring): exact, for any model; `ntk(..., method="hybrid")`.
 
@@ -163,6 +189,7 @@ def ntk_hybrid(
             Jacobian rows come from the same reverse passes as the signals `δ`; with
             `block_size`, recomputed for every tile like `method="jacobian"`), `"implicit"`
             (NTK-vector products) or `"auto"` (the cheaper by `_cost.hybrid_costs`).
+        weights: per-parameter weights (see `ntkbench.kernels.ntk`), or None.
 
     Returns:
         `(n1, n2, O, O)`.
@@ -176,6 +203,7 @@ def ntk_hybrid(
     params, f = split(model)
     o, dtype = out_size(f, params, x1)
     layout = plan.layout
+    lw, rest_w = _split_weights(model, plan, weights)
     p_rest = num_trainable(model) - plan.num_structured
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
@@ -191,15 +219,16 @@ def ntk_hybrid(
             r1 = map_examples(one, x1, b1)
             r2 = r1 if symmetric else map_examples(one, x2, b2)
             return tiled(
-                lambda r: r, lambda r, _, c: _jac_tile(r, c, layout), r1, r2, b1, b2, like,
+                lambda r: r, lambda r, _, c: _jac_tile(r, c, layout, lw), r1, r2, b1, b2, like,
                 symmetric=symmetric,
             )  # fmt: skip
         rows = jax.vmap(one)
         if symmetric and block_size is None:
             r = rows(x1)
-            return _jac_tile(r, r, layout)
+            return _jac_tile(r if rest_w is None else _weigh_rows(r, rest_w), r, layout, lw)
+        row_fn = rows if rest_w is None else (lambda xb1: _weigh_rows(rows(xb1), rest_w))
         return tiled(
-            rows, lambda r, _, xb2: _jac_tile(r, rows(xb2), layout), x1, x2, b1, b2, like,
+            row_fn, lambda r, _, xb2: _jac_tile(r, rows(xb2), layout, lw), x1, x2, b1, b2, like,
             symmetric=symmetric,
         )  # fmt: skip
 
@@ -216,13 +245,13 @@ def ntk_hybrid(
 
     def row_fn(t2):
         xb2, fb2 = t2
-        return fb2, vjp_tangents(rest_params, f_rest, xb2, o, dtype)
+        return fb2, weigh(vjp_tangents(rest_params, f_rest, xb2, o, dtype), rest_w)
 
     def tile_fn(row, _, t1):
         fb2, tangents = row
         xb1, fb1 = t1
         out = jvp_tile(rest_params, f_rest, xb1, tangents)
-        acc = _struct_acc(fb2, fb1, layout)
+        acc = _struct_acc(fb2, fb1, layout, lw=lw)
         return out if acc is None else out + sample_major(acc)
 
     k = tiled(
@@ -233,22 +262,36 @@ def ntk_hybrid(
 
 
 def diagonal_hybrid(
-    model, x: Array, block_size: int | None = None, *, plan: HybridPlan | None = None
+    model,
+    x: Array,
+    block_size: int | None = None,
+    *,
+    plan: HybridPlan | None = None,
+    weights=None,
 ) -> Float[Array, "n o"]:
-    """`Θ[(i,a),(i,a)] = Σ_l (|h_il|² + [has_bias]) |δ_ial|² + |J_rest,ia|²` from one forward
-    and O reverse passes per example, `block_size` examples at a time."""
+    """`Θ[(i,a),(i,a)] = Σ_l (|h_il|² + [has_bias]) |δ_ial|² + |J_rest,ia|²` (weighted with
+    `weights`) from one forward and O reverse passes per example, `block_size` examples at a
+    time."""
     check_inputs(x, None)
     plan = analyze_linears(model, example_spec(x)) if plan is None else plan
     params, f = split(model)
     o, dtype = out_size(f, params, x)
+    lw, rest_w = _split_weights(model, plan, weights)
     p_rest = num_trainable(model) - plan.num_structured
     one, _, _ = _rows_fn(model, plan, with_rest=p_rest > 0)
 
     def diag(xi):
         feats, jrest = one(xi)
         out = jnp.zeros((o,), dtype)
-        for h, d, (_, _, has_bias) in zip(feats.inputs, feats.deltas, plan.layout):
+        for l, (h, d, (_, _, has_bias)) in enumerate(zip(feats.inputs, feats.deltas, plan.layout)):
+            if lw is not None:
+                out = out + weighted_diagonal(h, d, lw[l])
+                continue
             out = out + (jnp.sum(h * h) + (1.0 if has_bias else 0.0)) * jnp.sum(d * d, axis=-1)
+        if rest_w is not None and jrest is not None:
+            for leaf, w in zip(jax.tree.leaves(jrest), jax.tree.leaves(rest_w)):
+                out = out + jnp.sum(leaf * leaf * w, axis=tuple(range(1, leaf.ndim)))
+            return out
         for leaf in jax.tree.leaves(jrest):
             out = out + jnp.sum(leaf * leaf, axis=tuple(range(1, leaf.ndim)))
         return out

@@ -233,9 +233,9 @@ def analyze_linears(model, example: jax.ShapeDtypeStruct) -> HybridPlan:
     return HybridPlan(tuple(infos), error)
 
 
-def rest_partition(model, plan: HybridPlan):
-    """`(rest, frozen)`: the trainable parameters outside the recognized Linears, and everything
-    else (the recognized Linears' parameters included), for `eqx.combine(rest, frozen)`."""
+def rest_spec(model, plan: HybridPlan):
+    """The filter spec (a pytree of bools shaped like `model`) of the trainable parameters
+    outside the recognized Linears."""
     leaves, treedef = jax.tree_util.tree_flatten(model, is_leaf=_is_linear)
     recognized = {info.position for info in plan.structured}
     spec = [
@@ -244,7 +244,13 @@ def rest_partition(model, plan: HybridPlan):
         else jax.tree.map(eqx.is_inexact_array, leaf)
         for k, leaf in enumerate(leaves)
     ]
-    return eqx.partition(model, jax.tree_util.tree_unflatten(treedef, spec))
+    return jax.tree_util.tree_unflatten(treedef, spec)
+
+
+def rest_partition(model, plan: HybridPlan):
+    """`(rest, frozen)`: the trainable parameters outside the recognized Linears, and everything
+    else (the recognized Linears' parameters included), for `eqx.combine(rest, frozen)`."""
+    return eqx.partition(model, rest_spec(model, plan))
 
 
 def rest_names(model, plan: HybridPlan) -> list[tuple[str, tuple[int, ...]]]:

@@ -30,6 +30,13 @@ class StructuredModel(Protocol):
           `model(x)`.
         - Padded (masked) units must have `h = 0` and `δ = 0`; then their contributions vanish.
 
+    Optional, for per-parameter weights (`ntk(..., weights=...)`): `structured_leaves(tree)`
+    returns the leaves of `tree`, a pytree shaped like the model's trainable parameters
+    (`eqx.filter(model, eqx.is_inexact_array)`, or weights of that structure), at the places of
+    every layer's `W_l` and `b_l`: `((W_l, b_l), ...)` in layout order, `b_l` None where
+    `has_bias` is False. Called on the parameters themselves it must return the parameter arrays
+    (checked). It is not part of the runtime check: models without it keep working unweighted.
+
     `ntkbench.models.MLP` implements it; a stacked (vmapped) pack of such models does too, since
     the kernels are vmapped over members and only ever see one member.
     """
@@ -43,6 +50,34 @@ class StructuredModel(Protocol):
     ) -> tuple[Float[Array, " o"], Sequence[Float[Array, " in_l"]]]:
         """Logits and dense-layer inputs of one example, with `eps[l]` added to layer `l`."""
         ...
+
+
+def structured_leaves(model, tree, layout, method: str = "structured") -> tuple[tuple, ...]:
+    """`model.structured_leaves(tree)`: the `(W_l, b_l)` leaves of `tree` per dense layer (see
+    `StructuredModel`), after checking once on the model's own parameters that they are exactly
+    the parameter arrays of the layout, in order."""
+    fn = getattr(model, "structured_leaves", None)
+    if not callable(fn):
+        raise TypeError(
+            f"weights with method={method!r} need {type(model).__name__}.structured_leaves(tree) "
+            "-> ((W_l, b_l), ...), the leaves of a parameter-shaped pytree at every dense layer's "
+            "weight and bias (see StructuredModel); add it, or use method='jacobian' or 'implicit'."
+        )
+    params = eqx.filter(model, eqx.is_inexact_array)
+    own = tuple(tuple(pair) for pair in fn(params))
+    arrays = {id(leaf) for leaf in jax.tree.leaves(params)}
+    ok = len(own) == len(layout)
+    for pair, (i, o, has_bias) in zip(own, layout) if ok else ():
+        w, b = pair if len(pair) == 2 else (None, None)
+        ok = ok and id(w) in arrays and getattr(w, "shape", None) == (o, i)
+        ok = ok and (id(b) in arrays and b.shape == (o,) if has_bias else b is None)
+    if not ok:
+        raise ValueError(
+            f"{type(model).__name__}.structured_leaves(params) must return the (W_l (out_l, "
+            "in_l), b_l (out_l,) or None) parameter arrays of every layer of structured_layout(), "
+            f"in order; got shapes {jax.tree.map(lambda a: getattr(a, 'shape', a), own)}."
+        )
+    return tuple(tuple(pair) for pair in fn(tree))
 
 
 def supports_structured(model) -> bool:

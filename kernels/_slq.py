@@ -179,16 +179,18 @@ def slq(
 
 
 def cosine_ntk_vp_fn(
-    model, x: Float[Array, "n ..."], *, block_size: int | None = None
+    model, x: Float[Array, "n ..."], *, block_size: int | None = None, weights=None
 ) -> tuple[Matvec, Float[Array, "n o"]]:
     """`v ↦ Θ̃ v` for the cosine-normalized NTK (docs/definitions.md §3) and the diagonal `D` `(n, O)`.
 
-    `Θ̃ v = s ⊙ Θ (s ⊙ v)` with `s = D^{-1/2}` where `D > 0` and 0 elsewhere.
+    `Θ̃ v = s ⊙ Θ (s ⊙ v)` with `s = D^{-1/2}` where `D > 0` and 0 elsewhere. With `weights`
+    (see `ntkbench.kernels.ntk`), `Θ` is the weighted kernel `J diag(w) Jᵀ` (diagonal and
+    products); the deflated estimators of `_deflated.py` take the resulting products as they are.
     """
-    d = ntk_diagonal(model, x, block_size=block_size)
+    d = ntk_diagonal(model, x, block_size=block_size, weights=weights)
     pos = d > 0
     s = jnp.where(pos, 1.0 / jnp.sqrt(jnp.where(pos, d, 1.0)), 0.0)
-    vp = ntk_vp_fn(model, x)
+    vp = ntk_vp_fn(model, x, weights=weights)
     return (lambda v: s * vp(s * v)), d
 
 
@@ -205,6 +207,7 @@ def slq_entropy(
     num_probes: int = 32,
     num_steps: int = 40,
     block_size: int | None = None,
+    weights=None,
 ) -> SpectralEstimate:
     """Entropy and effective rank of the cosine-normalized NTK by SLQ, matrix-free.
 
@@ -227,12 +230,14 @@ def slq_entropy(
         num_probes: probes (standard error `∝ 1/sqrt(num_probes)`).
         num_steps: Lanczos steps (a few tens; capped at `N·O`).
         block_size: examples per block for the diagonal.
+        weights: per-parameter weights (see `ntkbench.kernels.ntk`): the spectrum of the
+            weighted kernel. None: the plain NTK.
 
     Returns:
         `SpectralEstimate` with standard errors over probes.
     """
     with jax.default_matmul_precision(MATMUL_PRECISION):
-        matvec, d = cosine_ntk_vp_fn(model, x, block_size=block_size)
+        matvec, d = cosine_ntk_vp_fn(model, x, block_size=block_size, weights=weights)
         t = jnp.sum(d > 0).astype(d.dtype)
         s = slq(
             matvec,

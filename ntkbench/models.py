@@ -8,9 +8,10 @@ those of the unpadded net, and the values do not depend on `W`), then zero-padde
 zero the padded hidden units. Padded parameters therefore get exactly zero gradient and never move
 under Adam or SGD, and the function, gradients and NTK equal those of the unpadded network.
 
-`MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout` and
-`structured_forward`): all its trainable parameters are dense layers `u = W h + b` in the
-standard parameterization. The CNN does not (its NTK uses the implicit or Jacobian method).
+`MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout`,
+`structured_forward` and, for per-parameter weights, `structured_leaves`): all its trainable
+parameters are dense layers `u = W h + b` in the standard parameterization. The CNN does not
+(its NTK uses the implicit or Jacobian method).
 """
 
 from __future__ import annotations
@@ -114,6 +115,19 @@ class MLP(eqx.Module):
         """`(in_size, out_size, has_bias)` of every dense layer, in forward order (padded sizes)."""
         sizes = [self.in_size] + [self.padded_width] * self.depth + [self.out_size]
         return tuple((sizes[l], sizes[l + 1], True) for l in range(self.depth + 1))
+
+    def structured_leaves(self, tree) -> tuple[tuple[object, object], ...]:
+        """The `(W_l, b_l)` leaves of `tree`, a pytree of this model's structure (its trainable
+        parameters `eqx.filter(self, eqx.is_inexact_array)`, or per-parameter weights of that
+        structure), one pair per dense layer in the order of `structured_layout()`.
+
+        Example:
+            >>> model = MLP(4, 2, width=8, depth=1, key=jax.random.key(0))
+            >>> w = jax.tree.map(lambda p: 1.0, eqx.filter(model, eqx.is_inexact_array))
+            >>> model.structured_leaves(w)
+            ((1.0, 1.0), (1.0, 1.0))
+        """
+        return tuple(zip(tree.weights, tree.biases))
 
     def structured_forward(
         self, x: Array, eps: Sequence[Array] | None = None

@@ -21,9 +21,10 @@ def to64(tree):
     return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
 
 
-def naive_ntk(model, x1, x2=None):
+def naive_ntk(model, x1, x2=None, weights=None):
     """`J1 J2ᵀ` from the flattened parameter vector (the textbook definition,
-    docs/definitions.md §1), `(n1, n2, o, o)`."""
+    docs/definitions.md §1), `(n1, n2, o, o)`; with `weights` (a pytree shaped like the
+    trainable parameters, leaves broadcastable to them) `J1 diag(w) J2ᵀ`."""
     x2 = x1 if x2 is None else x2
     params, static = eqx.partition(model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(params)
@@ -33,6 +34,11 @@ def naive_ntk(model, x1, x2=None):
 
     j1 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x1)
     j2 = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(flat, x2)
+    if weights is not None:
+        full = jax.tree.map(
+            lambda w, p: jnp.broadcast_to(w, p.shape).astype(p.dtype), weights, params
+        )
+        j1 = j1 * ravel_pytree(full)[0]
     return jnp.einsum("iap,jbp->ijab", j1, j2, precision=jax.lax.Precision.HIGHEST)
 
 
