@@ -55,7 +55,7 @@ class Optimizer(str, enum.Enum):
 
 
 class LayerKind(str, enum.Enum):
-    """Which of a layer's dimensions scale with the width (docs/parametrizations.md, "Layer kinds").
+    """Which of a layer's dimensions scale with the width (docs/parametrizations.md, "Notation").
 
     `INPUT`: fixed fan-in, fan-out the width (the first layer). `HIDDEN`: both scale. `OUTPUT`:
     fan-in scales, fixed fan-out (the readout). `FIXED`: neither scales (e.g. a layer between two
