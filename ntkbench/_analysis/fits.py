@@ -3,7 +3,7 @@
 Seeds and data draws (`REPLICATE_AXES`) are the replicates: fits average over them and bootstrap
 by resampling them; every other sweep axis is kept (one fit per depth, say). A log-log fit can
 only use points with a positive mean: the points it drops are listed in the `dropped` attribute
-of the result, never silently removed. The fits of one curve are in `_power_laws.py`.
+of the result, never silently removed. The fits of one curve are in `power_laws.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The replicates (seeds) at each `x` are averaged before the log-log fit and resampled for the
 interval; points without a finite, positive mean are left out and listed in `dropped`. The fits
-of a whole sweep, one per value of the other axes, are in `_fits.py`.
+of a whole sweep, one per value of the other axes, are in `fits.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The on-device eigensolvers of the spectral step (`EIGH` and `SUBSPACE` of `_spectrum.py`).
+"""The on-device eigensolvers of the spectral step (`EIGH` and `SUBSPACE` of `spectrum.py`).
 
 The full `eigh` with its top columns kept, and the warm-started block subspace iteration: a
 Chebyshev filter (the scaled three-term recurrence of Zhou and Saad) damping the unwanted part of

@@ -17,7 +17,7 @@ With a mesh, every program runs under `jax.shard_map` over the member axis: each
 program of its own members. Members are independent, so there is no communication at all.
 
 The per-member pieces (losses, gradients, test metrics, the optimizer step) are in
-`_member_step.py`, the pack's inputs and state in `_pack_state.py`; this module holds the pack
+`member_step.py`, the pack's inputs and state in `state.py`; this module holds the pack
 program: sharding over the mesh, the epoch, the chunk scan and the final records.
 """
 
