@@ -185,8 +185,8 @@ def main(argv=None) -> int:
             for opt in ("adam", "sgd"):
                 print(f"{par:9} {opt:5} " + " ".join(
                     "{:6.2f} ({:5.2f})".format(*summary[par, opt, n, t]) for n in NAMES))
-    print(f"\nkernels at initialization: slope in width of the trace of each layer's weight part "
-          f"J_l J_l^T (in brackets: of lr_mult * J_l J_l^T, the lr-weighted kernel)")
+    print("\nkernels at initialization: slope in width of the trace of each layer's weight part "
+          "J_l J_l^T (in brackets: of lr_mult * J_l J_l^T, the lr-weighted kernel)")
     print(f"{'param':9} {'opt':5} " + " ".join(f"{n:>15}" for n in ["input", "hidden 2",
                                                                      "hidden 3", "readout"]))
     for par in PARAMETRIZATIONS:

@@ -22,8 +22,10 @@ from ntkbench._analysis.kstar import (
     NONE,
     KStar,
     default_window,
+    flagged_reasons,
     kstar_flags,
     kstar_table,
+    usable_points,
 )
 from ntkbench._analysis.power_laws import (
     BrokenPowerLawFit,
@@ -34,7 +36,7 @@ from ntkbench._analysis.power_laws import (
 from ntkbench._analysis.summaries import replicate_axes, summarize, sweep_axes
 
 __all__ = [
-    "AT_END", "EARLY", "INSIDE", "LATE", "NONE", "BrokenPowerLawFit", "default_window",
+    "flagged_reasons", "usable_points", "AT_END", "EARLY", "INSIDE", "LATE", "NONE", "BrokenPowerLawFit", "default_window",
     "describe_incomplete", "final_epoch", "fit_broken_power_law", "fit_power_law", "fit_scaling",
     "incomplete_members", "KStar", "kstar_flags", "kstar_table", "mask_incomplete", "PowerLawFit",
     "replicate_axes", "require_complete", "summarize", "sweep_axes", "transition_width",

@@ -133,3 +133,36 @@ def kstar_flags(ds: xr.Dataset, window: tuple[float, float] | None = None) -> li
     window = default_window(epochs) if window is None else tuple(window)
     return [f"{p.label()}: {_why(p, window, epochs)}" for p in kstar_table(ds, window)
             if p.status != INSIDE]
+
+
+def usable_points(ds: xr.Dataset, window: tuple[float, float] | None = None) -> xr.DataArray:
+    """Which sweep points the report may fit and conclude from: True where the point's `k*`
+    lies inside `window` (status `INSIDE`), False where `kstar_table` flags it (at the last
+    epoch, outside the window, or no `k*`).
+
+    Returns:
+        A boolean DataArray over the non-replicate sweep axes of `ds`.
+
+    Example:
+        >>> ds = xr.Dataset({"k_star": (("width", "seed"), [[150, 160], [290, 300]])},
+        ...                 coords={"width": [8, 512], "seed": [0, 1]}, attrs={"epochs": 300})
+        >>> usable_points(ds, (120, 300)).values.tolist()
+        [True, False]
+    """
+    points = [a for a in sweep_axes(ds) if a not in REPLICATE_AXES]
+    table = kstar_table(ds, window, always=points)
+    ok = np.asarray([p.status == INSIDE for p in table], bool)
+    shape = tuple(ds.sizes[a] for a in points)
+    coords = {a: ds[a] for a in points if a in ds.coords}
+    return xr.DataArray(ok.reshape(shape), dims=points, coords=coords)
+
+
+def flagged_reasons(ds: xr.Dataset, window: tuple[float, float] | None = None
+                    ) -> dict[tuple[tuple[str, object], ...], str]:
+    """`{point: why}` of every flagged sweep point (`kstar_flags` as a mapping), each point
+    `((axis, value), ...)` over all non-replicate sweep axes."""
+    epochs = final_epoch(ds)
+    window = default_window(epochs) if window is None else tuple(window)
+    points = [a for a in sweep_axes(ds) if a not in REPLICATE_AXES]
+    return {p.point: _why(p, window, epochs) for p in kstar_table(ds, window, always=points)
+            if p.status != INSIDE}

@@ -13,6 +13,7 @@ from ntkbench._config.config import (
     FIELDS,
     INITS,
     LOSSES,
+    LR_AXES,
     MODELS,
     NOT_RESULTS,
     NTK_METHODS,
@@ -62,6 +63,7 @@ from ntkbench._config.schema import (
     NTK_VARIABLES,
     NTK_VELOCITY,
     REPLICATE_AXES,
+    SETTING_VARIABLES,
     SNAPSHOTS,
     SUMMARY_SERIES,
     SUMMARY_VARIABLES,
@@ -75,7 +77,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

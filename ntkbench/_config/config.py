@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -41,8 +42,8 @@ class Eigensolver(enum.Enum):
     EIGH = "eigh"
 
 
-DATASETS = ("digits", "digits_shifted", "synthetic", "mnist", "fashion_mnist", "cifar10",
-            "cifar4")
+DATASETS = ("digits", "digits_shifted", "synthetic", "mnist5k", "mnist", "fashion_mnist",
+            "cifar10", "cifar4")
 MODELS = ("mlp", "cnn", "custom")
 OPTIMIZERS = ("adam", "sgd")
 LOSSES = ("cross_entropy", "mse")
@@ -85,6 +86,8 @@ class SweepConfig:
     epochs: int = 300
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_by: str = ""
+    lr_table: tuple[float, ...] = ()
     b1: float = 0.9
     b2: float = 0.999
     momentum: float = 0.9
@@ -131,6 +134,36 @@ class SweepConfig:
             if new is not value:
                 object.__setattr__(self, field.name, new)
         validate(self)
+
+    def lr_axes(self) -> tuple[str, ...]:
+        """The axes a learning-rate table is aligned with (`lr_by`, e.g. ("depth", "width"))."""
+        return tuple(a.strip() for a in self.lr_by.split(",") if a.strip())
+
+    def lr_of(self, point: dict[str, Any] | Any) -> float:
+        """The learning rate of a sweep point (a member, or a dict of its axis values): its entry
+        of `lr_table`, whose order is row-major over the values of `lr_axes()`, or `lr`.
+
+        Example:
+            >>> c = SweepConfig(widths=(8, 64), lr_by="width", lr_table=(3e-3, 1e-3))
+            >>> c.lr_of({"width": 64, "depth": 3})
+            0.001
+        """
+        axes = self.lr_axes()
+        if not axes:
+            return self.lr
+        values = self.axis_values()
+        get = point.get if isinstance(point, dict) else lambda a: getattr(point, a)
+        flat = 0
+        for a in axes:
+            flat = flat * len(values[a]) + values[a].index(get(a))
+        return self.lr_table[flat]
+
+    def lr_points(self) -> dict[tuple, float]:
+        """Every point of the `lr_axes()` grid with its learning rate, in table order."""
+        axes = self.lr_axes()
+        values = self.axis_values()
+        points = itertools.product(*(values[a] for a in axes))
+        return {p: self.lr_of(dict(zip(axes, p))) for p in points}
 
     @property
     def records_ntk(self) -> bool:
@@ -191,8 +224,11 @@ class SweepConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
-#: Fields an extension may grow: the values of the sweep axes.
-EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws")
+#: Fields an extension may grow: the values of the sweep axes (and the learning-rate table,
+#: whose existing points must keep their rates).
+EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws", "lr_table")
+#: Axes a learning-rate table may vary over (replicates share their point's rate).
+LR_AXES = ("depth", "width", "n_train", "noise")
 #: Fields that never change results. The planner bounds only shape the packs of members added
 #: later (a sweep keeps the plan in its manifest); checkpoint settings may change between runs.
 NOT_RESULTS = ("name", "data_dir", "model_file", "checkpoint_every_epochs",
@@ -308,6 +344,19 @@ def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
                               f"{a[name]}; an extension keeps every member: use "
                               f"config.{name} >= {a[name]}.")
         merged[name] = b[name]
+    axes = old.lr_axes()
+    if axes:  # realign the table with the merged axis order; old points keep their rates
+        grown = dataclasses.replace(old, lr_by="", lr_table=(), **merged).axis_values()
+        table = []
+        for point in itertools.product(*(grown[ax] for ax in axes)):
+            p = dict(zip(axes, point))
+            if all(p[ax] in old.axis_values()[ax] for ax in axes) and (
+                    old.lr_of(p) != new.lr_of(p)):
+                raise ConfigError(f"config.lr_table changes the learning rate of the existing "
+                                  f"point {p} from {old.lr_of(p)} to {new.lr_of(p)}; an "
+                                  "extension keeps existing members as they are.")
+            table.append(new.lr_of(p))
+        merged["lr_table"] = tuple(table)
     return dataclasses.replace(old, **{k: getattr(new, k) for k in RUN_SETTINGS}, **merged)
 
 
@@ -325,6 +374,26 @@ def _one_of(c: SweepConfig, name: str, choices: Sequence[str]) -> None:
     value = getattr(c, name)
     _check(value in choices, f"config.{name}={value!r} is unknown; choose one of "
                              f"{', '.join(choices)}.")
+
+
+def _check_lr_table(c: SweepConfig) -> None:
+    axes = c.lr_axes()
+    _check(all(a in LR_AXES for a in axes) and len(set(axes)) == len(axes),
+           f"config.lr_by={c.lr_by!r} must name distinct axes among {', '.join(LR_AXES)}, "
+           "separated by commas, e.g. lr_by='width' or lr_by='depth,width'.")
+    _check(bool(axes) == bool(c.lr_table),
+           "config.lr_table and config.lr_by go together: lr_by names the axes, lr_table gives "
+           "one learning rate per point of them (e.g. lr_by='width', lr_table=(3e-3, 1e-3) for "
+           "widths (8, 64)); leave both empty for one lr everywhere.")
+    if axes:
+        values = c.axis_values()
+        need = math.prod(len(values[a]) for a in axes)
+        listing = " x ".join(f"{a} {values[a]}" for a in axes)
+        _check(len(c.lr_table) == need,
+               f"config.lr_table has {len(c.lr_table)} entries but lr_by={c.lr_by!r} needs "
+               f"{need}, one per point of {listing}, in that (row-major) order.")
+        _check(all(math.isfinite(v) and v > 0 for v in c.lr_table),
+               f"config.lr_table={c.lr_table} must hold positive numbers.")
 
 
 def validate(c: SweepConfig) -> None:
@@ -356,6 +425,7 @@ def validate(c: SweepConfig) -> None:
     _check(c.slq_frobenius_probes >= 8,
            f"config.slq_frobenius_probes={c.slq_frobenius_probes} must be >= 8 (a sketch, its "
            "exact part and 2 Hutchinson probes); the default is 96.")
+    _check_lr_table(c)
     _check(math.isfinite(c.lr) and c.lr > 0, f"config.lr={c.lr} must be a positive number, "
                                              "e.g. 1e-3.")
     _check(0 <= c.b1 < 1 and 0 <= c.b2 < 1 and 0 <= c.momentum < 1,

@@ -14,6 +14,8 @@ Groups of stored variables, by the dimensions they have after the sweep axes `AX
 - `MEMBER`: per member: `k_star`, `min_test_loss`, `diverged`, and `last_record`, the index
   of the last committed record (-1: none; `E`: the member is complete).
 - `SNAPSHOT`: `(snapshot, row, col)`, the matrix-form NTK at `SNAPSHOTS`.
+- `SETTING`: per member, what the config sets for it (its learning rate `lr`), written when the
+  store is opened: a function of the config, never of training.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Group(enum.Enum):
     BEST = "best"
     MEMBER = "member"
     SNAPSHOT = "snapshot"
+    SETTING = "setting"
 
 
 LOSSES = ("train_loss", "train_accuracy")
@@ -75,6 +78,8 @@ BEST_SOURCES = ("ntk_trace", "ntk_entropy", "ntk_erank", "label_alignment",
                 "label_alignment_traced", "kernel_distance_init", "lin_output_gap")
 BEST_VARIABLES = tuple(f"best_{n}" for n in BEST_SOURCES)
 MEMBER_VARIABLES = ("k_star", "min_test_loss", "diverged", "last_record")
+#: Per member, set by the config (`SETTING`): the learning rate of its sweep point.
+SETTING_VARIABLES = ("lr",)
 #: Snapshot order along the `snapshot` dimension (stored without a coordinate array).
 SNAPSHOTS = ("init", "best", "final")
 
@@ -95,6 +100,8 @@ def group_of(name: str) -> Group:
             return group
     if name == "ntk_snapshot":
         return Group.SNAPSHOT
+    if name in SETTING_VARIABLES:
+        return Group.SETTING
     raise KeyError(f"{name!r} is not a stored ntkbench variable.")
 
 

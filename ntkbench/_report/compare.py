@@ -29,6 +29,8 @@ import xarray as xr
 from ntkbench._analysis import (
     describe_incomplete,
     fit_broken_power_law,
+    flagged_reasons,
+    usable_points,
     fit_power_law,
     replicate_axes,
     require_complete,
@@ -58,6 +60,8 @@ class Sweep:
     label: str
     suffix: str  # what tells it apart from another sweep of the same base label
     incomplete: list[str]
+    usable: xr.DataArray | None = None  # `usable_points`: which points may be fitted
+    reasons: dict | None = None  # `flagged_reasons`: why the others are flagged
 
     def attr(self, key: str, default: str = "?") -> str:
         return str(self.ds.attrs.get(key, default))
@@ -84,9 +88,25 @@ class Sweep:
             group = {a: _item(ds[a].values[i]) for a, i in zip(groups, idx)}
             sub = da.isel(dict(zip(groups, idx)))
             y = np.asarray(sub.transpose(axis, *reps).values, np.float64).reshape(x.size, -1)
+            usable, reasons = self._flags(axes, groups, idx, axis, x.size)
             out.append(Curve(self.curve_label(group), self.label,
-                             ", ".join(f"{a}={v}" for a, v in group.items()), x, y))
+                             ", ".join(f"{a}={v}" for a, v in group.items()), x, y, usable,
+                             reasons))
         return out
+
+    def _flags(self, axes, groups, idx, axis, size):
+        """`(usable (size,), reasons)` of the points of one curve along `axis`."""
+        if self.usable is None:
+            return None, ()
+        at = {a: 0 for a in axes if a not in groups} | dict(zip(groups, idx))
+        ok = np.asarray(self.usable.isel(at).transpose(axis).values, bool).reshape(size)
+        reasons = []
+        for point, why in (self.reasons or {}).items():
+            p = dict(point)
+            if all(p.get(a) == _item(self.ds[a].values[i]) for a, i in at.items()
+                   if a in p and a in self.ds.coords):
+                reasons.append(f"{axis}={p.get(axis)}: {why}")
+        return ok, tuple(reasons)
 
 
 def _item(v):
@@ -166,7 +186,8 @@ def _fit_row(curve: Curve, quantity: str, axis: str, fit, kind: str) -> FitRow:
     reasons = []
     for x in fit.dropped:
         i = int(np.flatnonzero(curve.x == x)[0])
-        why = ("no finite value" if not np.isfinite(mean[i]) else
+        why = ("k* flagged" if not curve.ok()[i] else "no finite value"
+               if not np.isfinite(mean[i]) else
                f"mean {fmt(mean[i])} <= 0" if mean[i] <= 0 else f"{axis} <= 0")
         reasons.append(f"{axis}={x:g} ({why})")
     estimate = fit.beta if kind == "power law" else fit.x_break
@@ -174,7 +195,8 @@ def _fit_row(curve: Curve, quantity: str, axis: str, fit, kind: str) -> FitRow:
                   fit.ci_high, curve.x.size - len(fit.dropped), curve.x.size, reasons)
 
 
-def _fitted_panels(sweeps, quantities, axis, fit_fn, kind, rows, notes, fig):
+def _fitted_panels(sweeps, quantities, axis, fit_fn, kind, rows, notes, fig,
+                   include_flagged=False):
     """One panel per quantity of the curves of `sweeps` against `axis`, each fitted."""
     panels = []
     for quantity, ylabel in quantities:
@@ -187,7 +209,7 @@ def _fitted_panels(sweeps, quantities, axis, fit_fn, kind, rows, notes, fig):
                                  f"not drawn or fitted ({NO_VALUE})")
                     continue
                 with np.errstate(all="ignore"):
-                    fit = fit_fn(curve.x, curve.y)
+                    fit = fit_fn(curve.x, curve.fit_y(include_flagged))
                 rows.append(_fit_row(curve, quantity, axis, fit, kind))
                 panel.curves.append(curve)
                 panel.fits.append(fit)
@@ -201,7 +223,7 @@ def _by_dataset(sweeps: list[Sweep], axis: str) -> list[list[Sweep]]:
     return [[s for s in eligible if s.attr("dataset") == n] for n in names]
 
 
-def _fig2(sweeps, out_dir, rows, notes, num_bootstrap, seed):
+def _fig2(sweeps, out_dir, rows, notes, num_bootstrap, seed, include_flagged):
     columns = [(axis, group) for axis in ("width", "n_train") for group in _by_dataset(sweeps,
                                                                                       axis)]
     if not columns:
@@ -210,14 +232,14 @@ def _fig2(sweeps, out_dir, rows, notes, num_bootstrap, seed):
         return None
     fit = lambda x, y: fit_power_law(x, y, num_bootstrap=num_bootstrap, seed=seed)
     cols = [_fitted_panels(group, FIG2_QUANTITIES, axis, fit, "power law", rows, notes,
-                           "Fig. 2") for axis, group in columns]
+                           "Fig. 2", include_flagged) for axis, group in columns]
     grid = [list(r) for r in zip(*cols)]  # rows: quantities; columns: dataset x axis
     return draw_grid(grid, "Fig. 2: model vs data scaling (mean ± std over replicates; dashed: "
                      "power-law fit, exponent β with 95% bootstrap CI)",
                      out_dir / "fig2_scaling.png")
 
 
-def _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed):
+def _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed, include_flagged):
     groups = [[s for s in g if np.isfinite(s.ds["erank_star"].values).any()
                or np.isfinite(s.ds["trace_ratio"].values).any()]
               for g in _by_dataset(sweeps, "width")]
@@ -228,7 +250,7 @@ def _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed):
         return None
     fit = lambda x, y: fit_broken_power_law(x, y, num_bootstrap=num_bootstrap, seed=seed)
     cols = [_fitted_panels(g, FIG3_QUANTITIES, "width", fit, "transition width", rows, notes,
-                           "Fig. 3") for g in groups]
+                           "Fig. 3", include_flagged) for g in groups]
     grid = [list(r) for r in zip(*cols)]
     return draw_grid(grid, "Fig. 3: width transition (vertical line: broken-power-law "
                      "transition width w_t, shaded: its 95% bootstrap CI)",
@@ -262,7 +284,8 @@ def _fig7(sweeps, out_dir, notes):
 
 def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
                      allow_partial: bool = False, num_bootstrap: int = 1000, seed: int = 0,
-                     window: int = 20) -> list[Path]:
+                     window: int = 20, kstar_window: tuple[float, float] | None = None,
+                     include_flagged: bool = False) -> list[Path]:
     r"""Draw the paper's composite figures (Figs. 2, 3, 7) for several sweeps; write `compare.md`.
 
     Args:
@@ -275,6 +298,10 @@ def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
         num_bootstrap: bootstrap resamples of every fit.
         seed: seed of the bootstraps.
         window: adaptation-rate window in epochs, for sweeps not yet summarized.
+        kstar_window: `(first, last)` epochs where `k*` should fall (default: the last 60% of
+            each sweep's run). Points outside it, at the last epoch or without k* are drawn
+            hollow and left out of every fit (listed with their reasons in `compare.md`).
+        include_flagged: fit the flagged points too (still drawn hollow; `compare.md` says so).
 
     Returns:
         The figures written, then `compare.md`.
@@ -293,16 +320,17 @@ def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
         raise ValueError("write_comparison needs at least one sweep (ntkbench.load(workdir)).")
     prepared = [prepare(ds, allow_partial, window) for ds in datasets]  # refuses before writing
     labels, suffixes = sweep_labels([ds for ds, _ in prepared])
-    sweeps = [Sweep(ds, label, suffix, inc)
+    sweeps = [Sweep(ds, label, suffix, inc, usable_points(ds, kstar_window),
+                    flagged_reasons(ds, kstar_window))
               for (ds, inc), label, suffix in zip(prepared, labels, suffixes)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[FitRow] = []
     notes: list[str] = []
-    paths = [_fig2(sweeps, out_dir, rows, notes, num_bootstrap, seed),
-             _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed),
+    paths = [_fig2(sweeps, out_dir, rows, notes, num_bootstrap, seed, include_flagged),
+             _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed, include_flagged),
              _fig7(sweeps, out_dir, notes)]
     paths = [p for p in paths if p is not None]
     report = out_dir / "compare.md"
-    report.write_text(markdown(sweeps, rows, notes, paths, num_bootstrap))
+    report.write_text(markdown(sweeps, rows, notes, paths, num_bootstrap, include_flagged))
     return paths + [report]

@@ -30,6 +30,15 @@ class Curve:
     group: str  # the other non-replicate axes of this curve, e.g. "depth=3" ("" when none)
     x: np.ndarray
     y: np.ndarray
+    usable: np.ndarray | None = None  # (num_x,) bool: False where the point's k* is flagged
+    reasons: tuple[str, ...] = ()  # why each flagged point is flagged, in x order
+
+    def ok(self) -> np.ndarray:
+        return np.ones(self.x.size, bool) if self.usable is None else self.usable
+
+    def fit_y(self, include_flagged: bool) -> np.ndarray:
+        """`y` for fitting: flagged points read NaN unless `include_flagged`."""
+        return self.y if include_flagged else np.where(self.ok()[:, None], self.y, np.nan)
 
 
 @dataclasses.dataclass
@@ -72,8 +81,9 @@ def _fit_label(curve: Curve, fit) -> str:
 
 
 def _draw_fit(ax, fit, x: np.ndarray, color) -> bool:
-    """The fitted line over the range of `x`; False when the fit has no estimate."""
-    x = x[np.isfinite(x) & (x > 0)]
+    """The fitted line over the range of the abscissae it used, `x` less `fit.dropped`: never
+    across a range without data; False when the fit has no estimate."""
+    x = x[np.isfinite(x) & (x > 0) & ~np.isin(x, np.asarray(fit.dropped, float))]
     if isinstance(fit, PowerLawFit) and np.isfinite(fit.beta) and x.size:
         xx = np.geomspace(x.min(), x.max(), 50)
         ax.plot(xx, fit.c * xx**fit.beta, "--", color=color, linewidth=1)
@@ -96,10 +106,16 @@ def _draw_curve(ax, curve: Curve, fit, color, log_y: bool) -> None:
         ok &= mean > 0
     if not ok.any():
         return
-    x, m, sd = curve.x[ok], mean[ok], std[ok]
+    x, m, sd, good = curve.x[ok], mean[ok], std[ok], curve.ok()[ok]
     has_fit = fit is not None and _draw_fit(ax, fit, curve.x, color)
-    ax.plot(x, m, "o-", color=color, markersize=4, linewidth=0.8,
+    ax.plot(x, m, "-", color=color, linewidth=0.8)
+    ax.plot(x[good], m[good], "o", color=color, markersize=4,
             label=_fit_label(curve, fit) if has_fit else curve.label)
+    if (~good).any():  # flagged points (k* at the last epoch or outside the window): hollow
+        text = "hollow: k* flagged"
+        seen = text in ax.get_legend_handles_labels()[1]
+        ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5,
+                label=None if seen else text)
     lower = m - sd
     if log_y:
         values = curve.y[np.isfinite(curve.y) & (curve.y > 0)]

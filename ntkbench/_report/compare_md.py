@@ -69,8 +69,8 @@ def _dropped(rows: list[FitRow]) -> list[str]:
     with_drops = [r for r in rows if r.dropped]
     if not with_drops:
         return ["None: every fit used all its points."]
-    lines = [("A log-log fit can only use points whose replicate mean is finite and positive; "
-              "these were left out:"), ""]
+    lines = [("A fit uses only points whose k* is not flagged and whose replicate mean is finite "
+              "(and positive, for a log-log fit); these were left out:"), ""]
     for r in with_drops:
         group = f" ({r.group})" if r.group else ""
         lines.append(f"- {r.sweep}{group}, {r.quantity} against {r.axis} ({r.kind}): "
@@ -88,10 +88,30 @@ def _incomplete(sweeps) -> list[str]:
     return lines
 
 
+def _usable(sweeps, include_flagged: bool) -> list[str]:
+    """The opening lines: how many points of each sweep the fits use, and the flagged ones."""
+    lines = []
+    for s in sweeps:
+        if s.usable is None:
+            continue
+        n, ok = int(s.usable.size), int(s.usable.values.sum())
+        head = f"- **{s.label}: {ok} of {n} points usable**"
+        if ok == n:
+            lines.append(head + " (every point's k* inside the window).")
+            continue
+        what = ("fitted anyway, on request" if include_flagged
+                else "drawn hollow, left out of every fit")
+        lines.append(head + f"; flagged ({what}):")
+        lines += [f"  - {', '.join(f'{a}={v}' for a, v in point)}: {why}"
+                  for point, why in (s.reasons or {}).items()]
+    return lines
+
+
 def markdown(sweeps, rows: list[FitRow], notes: list[str], paths: list[Path],
-             num_bootstrap: int) -> str:
+             num_bootstrap: int, include_flagged: bool = False) -> str:
     """The text of `compare.md`."""
-    lines = [f"# ntkbench comparison of {len(sweeps)} sweeps", "",
+    lines = [f"# ntkbench comparison of {len(sweeps)} sweeps", "", *_usable(sweeps,
+                                                                           include_flagged), "",
              ("Means over replicates (seeds, data draws) with ±1 std bands; diverged members "
               "are left out of means, bands and fits."), "", "## Sweeps", ""]
     lines += _sweep_table(sweeps)

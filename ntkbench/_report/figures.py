@@ -41,7 +41,12 @@ def mean_std(da: xr.DataArray, reps: Sequence[str]) -> tuple[xr.DataArray, xr.Da
 class Plan:
     """Which axes a figure draws as curves, which it splits into files, which it averages."""
 
-    def __init__(self, ds: xr.Dataset):
+    def __init__(self, ds: xr.Dataset, usable: xr.DataArray | None = None,
+                 include_flagged: bool = False):
+        # `usable`: which sweep points may be fitted (`usable_points`); flagged ones are drawn
+        # hollow and, unless `include_flagged`, left out of every fit.
+        self.usable = usable
+        self.include_flagged = include_flagged
         self.axes = sweep_axes(ds)
         self.reps = replicate_axes(ds)
         self.scaling = [a for a in SCALING_AXES if a in self.axes and ds.sizes[a] >= 2]
@@ -50,6 +55,20 @@ class Plan:
         # The axis drawn as one curve per value in the dynamics figures.
         self.curve = (self.scaling or [a for a in multi if a != "noise"] or
                       [a for a in multi] or [None])[0]
+
+    def usable_along(self, facet: dict, axis: str, size: int) -> np.ndarray:
+        """`(size,)` bool: which points along `axis` of `facet` are usable."""
+        if self.usable is None:
+            return np.ones(size, bool)
+        sel = self.usable.isel({a: i for a, i in facet.items() if a in self.usable.dims})
+        return np.asarray(sel.transpose(axis).values, bool).reshape(size)
+
+    def flagged_in(self, facet: dict) -> bool:
+        """Whether any point of `facet` (all values of the other axes) is flagged."""
+        if self.usable is None:
+            return False
+        sel = self.usable.isel({a: i for a, i in facet.items() if a in self.usable.dims})
+        return not bool(np.all(sel.values))
 
     def facets(self, ds: xr.Dataset, exclude: Sequence[str | None]) -> list[dict]:
         axes = [a for a in self.axes if a not in REPLICATE_AXES and a not in exclude]
@@ -67,12 +86,14 @@ def facet_name(ds: xr.Dataset, facet: dict) -> tuple[str, str]:
 
 
 def plan_curves(ds: xr.Dataset, plan: Plan, facet: dict, axis: str | None):
-    """(label, member-selected Dataset) per value of `axis` within a facet."""
+    """(label, member-selected Dataset) per value of `axis` within a facet; the label of a
+    point whose k* the report flags says so."""
     sub = ds.isel(facet)
     if axis is None:
-        return [("all", sub)]
-    return [(_label(axis, sub[axis].values[i] if axis in sub.coords else i), sub.isel({axis: i}))
-            for i in range(sub.sizes[axis])]
+        return [("all" + (" (k* flagged)" if plan.flagged_in(facet) else ""), sub)]
+    return [(_label(axis, sub[axis].values[i] if axis in sub.coords else i)
+             + (" (k* flagged)" if plan.flagged_in({**facet, axis: i}) else ""),
+             sub.isel({axis: i})) for i in range(sub.sizes[axis])]
 
 
 def masked(ds: xr.Dataset) -> xr.Dataset:

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ntkbench._analysis import describe_incomplete, kstar_flags, require_complete, summarize
+from ntkbench._analysis import (
+    describe_incomplete,
+    kstar_flags,
+    require_complete,
+    summarize,
+    usable_points,
+)
 from ntkbench._config import REPLICATE_AXES
 from ntkbench._report.figures import (
     MAX_FACETS,
@@ -34,7 +40,8 @@ TABLE_VARIABLES = ("min_test_loss", "k_star", "T0", "T_star", "trace_ratio", "er
 
 def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
                  num_bootstrap: int = 1000, seed: int = 0, allow_partial: bool = False,
-                 kstar_window: tuple[float, float] | None = None) -> list[Path]:
+                 kstar_window: tuple[float, float] | None = None,
+                 include_flagged: bool = False) -> list[Path]:
     r"""Write the paper's figures and a `report.md` for a sweep; return the paths written.
 
     Figures (PNG), each the mean over replicates with a ±1 std band: `fig_losses*` (losses and
@@ -46,6 +53,11 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
     ratio). Figures a sweep cannot support are skipped and `report.md` says why; it lists the
     fits with their intervals and dropped points, the sweep points whose `k*` falls outside
     `kstar_window` (default: the last 60% of the run) or at the last epoch, and a summary table.
+
+    Flagged points (k* at the last epoch, outside the window, or none) are drawn hollow (their
+    curves' labels say "k* flagged") and left out of every fit and transition estimate, each
+    listed with its reason; `report.md` opens with how many points are usable. With
+    `include_flagged` they are fitted too, and the report says so.
 
     Example:
         >>> paths = write_report(ntkbench.load("runs/quick"), "runs/quick/report")  # doctest: +SKIP
@@ -61,6 +73,7 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
         allow_partial: draw an unfinished sweep from its complete members (listed in
             report.md) instead of refusing it.
         kstar_window: `(first, last)` epochs where `k*` should fall.
+        include_flagged: fit the flagged points too (they are still drawn hollow).
 
     Raises:
         ConfigError: the sweep has unfinished members and `allow_partial` is False.
@@ -74,12 +87,13 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
         ds = summarize(ds, window=window)
     ds = masked(ds)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = Plan(ds)
+    usable = usable_points(ds, kstar_window)
+    plan = Plan(ds, usable, include_flagged)
     paths, skipped, fit_rows, trans_rows = _figures(ds, plan, out_dir, num_bootstrap, seed)
     flags = kstar_flags(ds, kstar_window)
     report = out_dir / "report.md"
     report.write_text(_markdown(ds, plan, paths, skipped, fit_rows, trans_rows, num_bootstrap,
-                                flags, incomplete))
+                                flags, incomplete, usable))
     return paths + [report]
 
 
@@ -154,7 +168,8 @@ def _fit_tables(fit_rows, trans_rows, num_bootstrap: int) -> list[str]:
     if fit_rows:
         lines += [f"Power law y = c·x^β, least squares in log-log on the replicate means; 95% "
                   f"bootstrap interval of β over replicates ({num_bootstrap} resamples). Points "
-                  "without a finite, positive mean are left out and listed.", "",
+                  "without a finite, positive mean, and flagged points (\"Where k* falls\"), "
+                  "are left out and listed.", "",
                   "| quantity | against | group | c | β | 95% CI | dropped |",
                   "|---|---|---|---|---|---|---|"]
         for (name, axis), group, fit in fit_rows:
@@ -180,8 +195,19 @@ def _fit_tables(fit_rows, trans_rows, num_bootstrap: int) -> list[str]:
     return lines
 
 
+def usable_line(usable: xr.DataArray, include_flagged: bool) -> str:
+    """The report's first line: how many sweep points its fits use."""
+    n, ok = int(usable.size), int(usable.values.sum())
+    if ok == n:
+        return f"**Usable points: all {n}** (every point's k* lies inside the window)."
+    what = ("fitted anyway, on request (include_flagged)" if include_flagged else
+            "drawn hollow and left out of every fit and transition estimate")
+    return (f"**Usable points: {ok} of {n}.** The other {n - ok} have k* at the last epoch, "
+            f"outside the window, or none (\"Where k* falls\" below): {what}.")
+
+
 def _markdown(ds, plan, paths, skipped, fit_rows, trans_rows, num_bootstrap, flags,
-              incomplete) -> str:
+              incomplete, usable) -> str:
     sizes = ", ".join(f"{a}={ds.sizes[a]}" for a in plan.axes)
     values = "; ".join(f"{a}: {', '.join(str(v) for v in ds[a].values)}" for a in plan.axes
                        if a not in REPLICATE_AXES and a in ds.coords)
@@ -194,7 +220,7 @@ def _markdown(ds, plan, paths, skipped, fit_rows, trans_rows, num_bootstrap, fla
               ds.attrs.get("k_star_source") == "exact" else
               "the first NTK record with the minimum test loss among NTK records")
     lines = [
-        "# ntkbench sweep report", "",
+        "# ntkbench sweep report", "", usable_line(usable, plan.include_flagged), "",
         f"- Sweep {ds.attrs.get('name', '')!r} on {ds.attrs.get('dataset', '?')} "
         f"({ds.attrs.get('model', '?')}); axes: {sizes}; epochs {epochs.min()}..{epochs.max()}.",
         f"- Sweep values: {values or 'single point'}.",

@@ -36,11 +36,19 @@ LAZINESS_VARIABLES = (
 )
 
 
+def _fitted_x(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The abscissae a fit of `y` `(num_x, replicates)` can use: finite, positive mean."""
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(y), y, np.nan), axis=-1)
+    return x[np.isfinite(mean) & (mean > 0) & (x > 0)]
+
+
 def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed):
     fit = fit_power_law(x, y, num_bootstrap=num_bootstrap, seed=seed)
     fit_rows.append((key, group, fit))
-    if np.isfinite(fit.beta):
-        xx = np.geomspace(np.nanmin(x), np.nanmax(x), 50)
+    used = _fitted_x(x, y)
+    if np.isfinite(fit.beta) and used.size:  # the line spans only the points it was fitted to
+        xx = np.geomspace(used.min(), used.max(), 50)
         ax.plot(xx, fit.c * xx**fit.beta, "--", color=color, linewidth=1,
                 label=(f"{group + ': ' if group else ''}β={fit.beta:.2f} "
                        f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"))
@@ -49,21 +57,32 @@ def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed):
 def _curves(ax, ds, name, plan, axis, groups, cols, style):
     """Plot, per facet, the mean ± std of `name` against `axis`; yield `(color, title, x, y)`:
     `x` the plotted (finite) axis values, `y` the `(len(axis), replicates)` values for a fit
-    (facets without finite values are skipped)."""
+    (facets without finite values are skipped). Points the report flags (`plan.usable`) are
+    drawn as hollow markers and, unless `plan.include_flagged`, read NaN in `y`."""
     x_all = np.asarray(ds[axis].values, float)
     for facet, color in zip(groups, cols):
         _, title = facet_name(ds, facet)
         sub = ds[name].isel(facet)
         mean, std = mean_std(sub, plan.reps)
-        x, m, sd = finite_xy(x_all, mean.values, std.values)
+        ok = plan.usable_along(facet, axis, x_all.size)
+        x, m, sd, good = finite_xy(x_all, mean.values, std.values, ok.astype(float))
         if not x.size:
             continue
-        ax.plot(x, m, style, color=color, markersize=4, **({"linewidth": 0.8} if "-" in style
-                                                             else {}))
+        good = good > 0
+        if "-" in style:
+            ax.plot(x, m, "-", color=color, linewidth=0.8)
+        ax.plot(x[good], m[good], "o", color=color, markersize=4)
+        if (~good).any():
+            text = "hollow: k* flagged" + ("" if plan.include_flagged else ", not fitted")
+            seen = text in ax.get_legend_handles_labels()[1]
+            ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5,
+                    label=None if seen else text)
         positive = sub.values[np.isfinite(sub.values) & (sub.values > 0)]
         band(ax, x, m, sd, color, True, positive.min() if positive.size else None)
-        yield color, title, x, np.asarray(sub.transpose(axis, *plan.reps).values,
-                                          float).reshape(x_all.size, -1)
+        y = np.asarray(sub.transpose(axis, *plan.reps).values, float).reshape(x_all.size, -1)
+        if not plan.include_flagged:
+            y = np.where(ok[:, None], y, np.nan)
+        yield color, title, x, y
 
 
 def _finish_axis(ax, ds, name, axis, ylabel, fontsize) -> None:
@@ -134,7 +153,7 @@ def fig3_transition(ds, plan, out_dir, trans_rows, num_bootstrap, seed) -> Path:
                 fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
                 trans_rows.append((name, title, fit))
                 if np.isfinite(fit.x_break):
-                    _transition_line(ax, x, fit, color, title)
+                    _transition_line(ax, _fitted_x(x_all, y), fit, color, title)
             ax.set_xscale("log")
             _finish_axis(ax, ds, name, axis, ylabel, 7)
     fig.suptitle("Fig. 3: width transition (vertical line: broken-power-law breakpoint,"

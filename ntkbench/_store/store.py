@@ -30,6 +30,7 @@ from ntkbench._config import (
     storage_error,
     stored_variables,
 )
+from ntkbench._train import members
 from ntkbench._workdir import atomic_json, read_json
 
 _FILL = {"float32": float("nan"), "int32": -1, "uint8": 0}
@@ -121,6 +122,22 @@ class ResultsStore:
             coords["row"] = coords["col"] = np.arange(m)
         for name, values in coords.items():
             self._write_coord(name, values)
+        self._write_settings()
+
+    def _write_settings(self) -> None:
+        """The `SETTING` variables (each member's learning rate), a function of the config:
+        (re)written whole at every opening, one chunk, so they always match the manifest."""
+        values = np.asarray([self.config.lr_of(m) for m in members(self.config)],
+                            np.float32).reshape(self.grid)
+        path = os.path.join(self.root, "lr")
+        try:
+            if np.array_equal(open_array(path).read().result(), values):
+                return
+        except (ValueError, OSError, RuntimeError):
+            pass  # missing, damaged or of another shape: written anew
+        spec = _spec(path, self.grid, AXES, "float32", _FILL["float32"], self.grid)
+        arr = _io(path, lambda: ts.open(spec, create=True, delete_existing=True).result())
+        _io(path, lambda: arr.write(values).result())
 
     def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
         """Create the array, or open it, growing it to `shape` for an extended sweep.

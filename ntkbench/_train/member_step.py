@@ -21,9 +21,13 @@ from ntkbench._train.state import PackData
 
 
 def make_optimizer(config: SweepConfig) -> optax.GradientTransformation:
+    """The sweep's optimizer without its learning rate: optax's Adam or SGD built with
+    `learning_rate=None` (the same transformations and state as with one, minus the final
+    scaling), so that every member, and every parameter of it, can get its own rate
+    (`PackData.lr`, applied by `apply_updates` as optax's `scale(-lr)` would)."""
     if config.optimizer == "adam":
-        return optax.adam(config.lr, b1=config.b1, b2=config.b2)
-    return optax.sgd(config.lr, momentum=config.momentum or None)
+        return optax.adam(None, b1=config.b1, b2=config.b2)
+    return optax.sgd(None, momentum=config.momentum or None)
 
 
 def per_sample_loss(kind: str, logits: Array, labels: Array) -> Array:
@@ -130,9 +134,13 @@ def grads_member(config: SweepConfig, model, lin_params, init, data: PackData, m
     return out, g, lin_g, jnp.isfinite(loss) & _all_finite(g)
 
 
-def apply_updates(optim: optax.GradientTransformation, model, opt_state, grads, lin_params,
+def apply_updates(optim: optax.GradientTransformation, lr, model, opt_state, grads, lin_params,
                   lin_opt, lin_grads):
     """The optimizer step of every member, one member at a time (`lax.map`).
+
+    `lr` holds every member's learning rate of every parameter (a tree like the parameters,
+    leaves `(m,)`); the update direction of `optim` is scaled by `-lr` leaf by leaf, exactly the
+    multiplication optax's `scale_by_learning_rate` does.
 
     Elementwise, so mapping costs nothing measurable; it makes each member's arithmetic
     independent of how many members share its device: batched over members, XLA rewrites
@@ -141,14 +149,18 @@ def apply_updates(optim: optax.GradientTransformation, model, opt_state, grads, 
     """
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
+    def scaled(upd, rate):
+        return jax.tree.map(lambda u, r: (-r) * u, upd, rate)
+
     def one(t):
-        p, o, g, lp, lo, lg = t
+        p, o, g, lp, lo, lg, rate = t
         upd, o = optim.update(g, o, p)
-        p = optax.apply_updates(p, upd)
+        p = optax.apply_updates(p, scaled(upd, rate))
         if lp is not None:
             lupd, lo = optim.update(lg, lo, lp)
-            lp = optax.apply_updates(lp, lupd)
+            lp = optax.apply_updates(lp, scaled(lupd, rate))
         return p, o, lp, lo
 
-    p, o, lp, lo = jax.lax.map(one, (params, opt_state, grads, lin_params, lin_opt, lin_grads))
+    p, o, lp, lo = jax.lax.map(one, (params, opt_state, grads, lin_params, lin_opt, lin_grads,
+                                     lr))
     return eqx.combine(p, static), o, lp, lo

@@ -128,7 +128,7 @@ def build_data(config: SweepConfig, pack: Pack, sweep: SweepData) -> PackData:
         x_ntk=jnp.asarray(x_test[sweep.ntk_idx]), y_ntk=jnp.asarray(data.y_test[sweep.ntk_idx]),
         eval_epochs=jnp.asarray(_flags(config.eval_epochs(), config.num_records)),
         ntk_epochs=jnp.asarray(_flags(config.ntk_epochs(), config.num_records)),
-        init=None, record=None)
+        lr=None, init=None, record=None)
 
 
 def build_pack_arrays(config: SweepConfig, family: ModelFamily, pack: Pack, sweep: SweepData,
@@ -142,13 +142,20 @@ def build_pack_arrays(config: SweepConfig, family: ModelFamily, pack: Pack, swee
     if recorder is not None:
         keys = members_keys(config, pack.members)["ntk"]
         record = _prepare(recorder, model, data.x_ntk, keys, sequential)
-    data = data._replace(init=init, record=record)
+    data = data._replace(lr=learning_rates(config, pack, model), init=init, record=record)
     return placement.members(model), placement.data(data, SHARED)
 
 
 @eqx.filter_jit
 def _prepare(recorder, model, x, keys, sequential):
     return recorder.prepare(model, x, keys, sequential=sequential)
+
+
+def learning_rates(config: SweepConfig, pack: Pack, model: eqx.Module):
+    """Every member's learning rate of every parameter: a tree like the parameters whose leaves
+    are `(m,)` float32, each member's rate at its sweep point (`SweepConfig.lr_of`)."""
+    rates = np.asarray([config.lr_of(m) for m in pack.members], np.float32)
+    return jax.tree.map(lambda _: jnp.asarray(rates), params_of(model))
 
 
 def minibatch_schedule(config: SweepConfig, pack: Pack) -> MinibatchSchedule | None:

@@ -116,7 +116,7 @@ class PackProgram:
             return eqx.filter_vmap(functools.partial(grads_member, self.config),
                                    in_axes=(0, 0, 0, None, 0, 0, sel_axis, 0))
 
-        apply = functools.partial(apply_updates, self.optim)
+        apply = functools.partial(apply_updates, self.optim, data.lr)
         if batches is None:  # full batch: the metrics come from the gradient's forward pass
             metrics, g, lg, ok = grads(None)(st.model, st.lin_params, data.init, data,
                                              data.idx, data.x_member, slice(None), data.weight)

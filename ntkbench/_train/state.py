@@ -32,6 +32,7 @@ class PackData(NamedTuple):
     y_ntk: Int[Array, " t"]
     eval_epochs: Bool[Array, " e"]  # whether record k is evaluated
     ntk_epochs: Bool[Array, " e"]  # whether record k has an NTK
+    lr: Any  # every member's learning rate of every parameter: a tree like the parameters, (m,)
     init: Any  # trainable parameters at initialization (linearized model), or None
     record: Any  # per-member constants of the NTK record (`Recorder.prepare`), or None
 
