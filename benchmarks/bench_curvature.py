@@ -39,7 +39,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ntkbench import kernels
-from ntkbench._member_step import member_loss
+from ntkbench._train.member_step import member_loss
 from ntkbench.kernels._slq import lanczos_basis
 from ntkbench.models import MLP, stack
 

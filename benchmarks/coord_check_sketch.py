@@ -4,7 +4,7 @@
 
 A ReLU MLP with 3 hidden layers of width 64 … 2048 (base width 64) trains for 5 full-batch steps
 on a fixed batch of 64 scikit-learn digits (pixels / 16), cross-entropy loss, with Adam and with
-plain SGD, in each parametrization; the scales come from `ntkbench._parametrization` alone. For
+plain SGD, in each parametrization; the scales come from `ntkbench.parametrization` alone. For
 every layer's pre-activation (`h1`, `h2`, `h3`) and the logits it prints, at steps t = 0 … 5
 (t = 0 is the initialization), the mean absolute coordinate `mean|x_t|` (microsoft/mup's
 `coord_check` "l1") at every width, averaged over seeds, and the least-squares slope of
@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from ntkbench._parametrization import PARAMETRIZATIONS, mlp_scales  # noqa: E402
+from ntkbench.parametrization import PARAMETRIZATIONS, mlp_scales  # noqa: E402
 
 WIDTHS = (64, 128, 256, 512, 1024, 2048)
 BASE_WIDTH, DEPTH, BATCH, STEPS = 64, 3, 64, 5

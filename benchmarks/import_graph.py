@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import functools
 import pathlib
 import sys
 import tomllib
@@ -46,7 +47,7 @@ GROUPS = ("_config", "_observables", "_data", "_record", "_train", "_analysis", 
           "_store", "_sweep", "_report", "_profile")
 #: Public modules of the library: any group may import them; they import only groups.
 PUBLIC = ("ntkbench", "ntkbench.kernels", "ntkbench.models", "ntkbench.observables",
-          "ntkbench.checkpoints")
+          "ntkbench.parametrization", "ntkbench.checkpoints")
 
 
 def package_dirs() -> dict[str, str]:
@@ -56,6 +57,7 @@ def package_dirs() -> dict[str, str]:
     return {folder: package for package, folder in by_package.items() if folder in FOLDERS}
 
 
+@functools.cache
 def modules() -> dict[str, pathlib.Path]:
     """`{module name: path}` of every `.py` file in the four folders."""
     out = {}
@@ -93,10 +95,26 @@ class Import:
                 parent = parent[: len(parent) - (node.level - 1)]
                 base = ".".join(parent + ([base] if base else []))
             self.base, self.names = base, tuple(alias.name for alias in node.names)
-            # `from pkg import name`: name may be a module of pkg, else an attribute of it.
-            targets = [f"{base}.{alias.name}" for alias in node.names] or [base]
+            # `from pkg import name`: name may be a module of pkg, else an attribute of it (a
+            # name the package exports in `__all__` is the attribute, even where a module of
+            # the same name exists).
+            exported = _exports(base, known)
+            targets = [base if alias.name in exported else f"{base}.{alias.name}"
+                       for alias in node.names] or [base]
         self.targets = {hit for t in targets
                         if (hit := _resolve(t, known)) is not None and hit != module}
+
+
+def _exports(package: str, known: set[str]) -> set[str]:
+    """The names a project package lists in its `__all__` (empty for a module)."""
+    path = modules().get(package) if package in known else None
+    if path is None or path.name != "__init__.py":
+        return set()
+    for node in ast.parse(path.read_text()).body:
+        if (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"
+                and isinstance(node.value, (ast.List, ast.Tuple))):
+            return {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return set()
 
 
 def imports(module: str, path: pathlib.Path, known: set[str]) -> list[Import]:

@@ -5,6 +5,7 @@ from . import checkpoints as checkpoints
 from . import kernels as kernels
 from . import models as models
 from . import observables as observables
+from . import parametrization as parametrization
 from ._analysis import kstar_flags as kstar_flags
 from ._analysis import summarize as summarize
 from ._config import PRESETS as PRESETS
@@ -22,11 +23,14 @@ from ._config import from_config_dict as from_config_dict
 from ._config import get_config as get_config
 from ._config import parse_shard as parse_shard
 from ._config import preset as preset
+from ._profile import coordcheck as coordcheck
+from ._profile import coordcheck_slopes as coordcheck_slopes
 from ._profile import format_device_table as format_device_table
 from ._profile import format_table as format_table
 from ._profile import profile_devices as profile_devices
 from ._profile import profile_kernels as profile_kernels
 from ._profile import profile_model as profile_model
+from ._profile import write_coordcheck as write_coordcheck
 from ._report import write_comparison as write_comparison
 from ._report import write_report as write_report
 from ._store import DamageReport as DamageReport

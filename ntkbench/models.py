@@ -10,8 +10,16 @@ under Adam or SGD, and the function, gradients and NTK equal those of the unpadd
 
 `MLP` implements the `structured` NTK protocol of `ntkbench.kernels` (`structured_layout`,
 `structured_forward` and, for per-parameter weights, `structured_leaves`): all its trainable
-parameters are dense layers `u = W h + b` in the standard parameterization. The CNN does not
-(its NTK uses the implicit or Jacobian method).
+parameters are dense layers. The CNN does not (its NTK uses the implicit or Jacobian method).
+
+Parametrizations (docs/definitions.md, "Parametrizations"; `ntkbench.parametrization`): both
+models take `parametrization` ("standard", "ntk" or "mup") and `base_width`. A layer then
+computes `u = W (a·h) + b` with the forward multiplier `a` of its kind (input, hidden, output,
+fixed) at the member's TRUE width (a traced int in a padded MLP, so every member of a pack uses
+its own), its weights are drawn at their true shape times the table's init gain, and
+`lr_multipliers(optimizer)` gives every parameter's learning-rate multiplier. `a·h` is what the
+structured NTK sees as the layer's input, so the dense-layer identity holds exactly. "standard"
+runs exactly the code, and gives the bits, of a model without a parametrization.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ntkbench.parametrization import LayerKind, layer_scales
 
 Init = Literal["lecun_normal", "xavier_uniform", "he_uniform"]
 
@@ -43,6 +53,29 @@ def init_dense(
         raise ValueError(f"Unknown init {init!r}; choose one of {sorted(_INITIALIZERS)}.")
     w = _INITIALIZERS[init](key, (out_size, in_size), dtype)
     return w, jnp.zeros((out_size,), dtype)
+
+
+def _mlp_scales(parametrization: str, in_size: int, width, depth: int, base_width: int,
+                optimizer: str = "adam"):
+    """`layer_scales` of every dense layer of an MLP: input, `depth - 1` hidden, output."""
+    kinds = [LayerKind.INPUT] + [LayerKind.HIDDEN] * (depth - 1) + [LayerKind.OUTPUT]
+    fan_ins = [in_size] + [width] * depth
+    return [layer_scales(parametrization, optimizer, kind, fan_in=f, width=width,
+                         base_width=base_width) for kind, f in zip(kinds, fan_ins)]
+
+
+def _cnn_scales(parametrization: str, image_shape, filters: int, num_conv: int, hidden: int,
+                base_width: int, optimizer: str = "adam"):
+    """`layer_scales` of the CNN's layers: the first convolution (input: fixed fan-in `9·C`),
+    the others (hidden: fan-in `9·filters`), the dense layer (output: its fan-in, the pooled
+    features, grows with the filters; its fan-out `hidden` is fixed) and the readout (fixed)."""
+    h, w, c = image_shape
+    features = (h // 2**num_conv) * (w // 2**num_conv) * filters
+    kinds = ([LayerKind.INPUT] + [LayerKind.HIDDEN] * (num_conv - 1)
+             + [LayerKind.OUTPUT, LayerKind.FIXED])
+    fan_ins = [9 * c] + [9 * filters] * (num_conv - 1) + [features, hidden]
+    return [layer_scales(parametrization, optimizer, kind, fan_in=f, width=filters,
+                         base_width=base_width) for kind, f in zip(kinds, fan_ins)]
 
 
 def _pad2(w: Array, rows: int, cols: int) -> Array:
@@ -73,6 +106,8 @@ class MLP(eqx.Module):
     out_size: int = eqx.field(static=True)
     depth: int = eqx.field(static=True)
     padded_width: int = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True, default="standard")
+    base_width: int = eqx.field(static=True, default=64)
 
     def __init__(
         self,
@@ -84,6 +119,8 @@ class MLP(eqx.Module):
         key: PRNGKeyArray,
         pad_to: int | None = None,
         init: Init = "lecun_normal",
+        parametrization: str = "standard",
+        base_width: int = 64,
         dtype=jnp.float32,
     ):
         width, depth = int(width), int(depth)
@@ -99,8 +136,13 @@ class MLP(eqx.Module):
         sizes = [in_size] + [width] * depth + [out_size]
         padded_sizes = [in_size] + [padded] * depth + [out_size]
         weights, biases = [], []
+        with jax.ensure_compile_time_eval():  # Python numbers: the sizes are static
+            gains = [float(s.init_gain) for s in _mlp_scales(parametrization, in_size, width,
+                                                              depth, base_width)]
         for l, k in enumerate(keys):
             w, b = init_dense(k, sizes[l + 1], sizes[l], init, dtype)
+            if gains[l] != 1.0:  # the standard draw is kept bit for bit
+                w = w * jnp.asarray(gains[l], dtype)
             weights.append(_pad2(w, padded_sizes[l + 1], padded_sizes[l]))
             biases.append(jnp.pad(b, (0, padded_sizes[l + 1] - sizes[l + 1])))
         self.weights = tuple(weights)
@@ -110,6 +152,33 @@ class MLP(eqx.Module):
         self.in_size, self.out_size, self.depth, self.padded_width = (
             in_size, out_size, depth, padded,
         )
+        self.parametrization, self.base_width = str(parametrization), int(base_width)
+
+    def multipliers(self) -> tuple[Array, ...] | None:
+        """The forward multiplier `a_l` of every dense layer at this member's true width, or
+        None under the standard parametrization (all 1: nothing is multiplied)."""
+        if self.parametrization == "standard":
+            return None
+        scales = _mlp_scales(self.parametrization, self.in_size, self.width, self.depth,
+                             self.base_width)
+        return tuple(s.multiplier for s in scales)
+
+    def lr_multipliers(self, optimizer: str):
+        """Every trainable parameter's learning-rate multiplier (a pytree like
+        `eqx.filter(self, eqx.is_inexact_array)` of scalars), at this member's true width.
+
+        Example:
+            >>> m = MLP(4, 2, width=128, depth=2, key=jax.random.key(0), parametrization="mup",
+            ...         base_width=64)
+            >>> [float(v) for v in m.lr_multipliers("adam").weights]
+            [1.0, 0.5, 1.0]
+        """
+        scales = _mlp_scales(self.parametrization, self.in_size, self.width, self.depth,
+                             self.base_width, optimizer)
+        params = eqx.filter(self, eqx.is_inexact_array)
+        return eqx.tree_at(lambda t: (t.weights, t.biases), params,
+                           (tuple(s.lr_mult for s in scales),
+                            tuple(s.bias_lr_mult for s in scales)))
 
     def structured_layout(self) -> tuple[tuple[int, int, bool], ...]:
         """`(in_size, out_size, has_bias)` of every dense layer, in forward order (padded sizes)."""
@@ -143,7 +212,10 @@ class MLP(eqx.Module):
         """
         h = jnp.reshape(x, (-1,))
         inputs = []
+        scale = self.multipliers()
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if scale is not None:
+                h = scale[l].astype(h.dtype) * h  # u = W (a h) + b: a·h is the layer's input
             inputs.append(h)
             u = w @ h + b
             if eps is not None:
@@ -198,7 +270,8 @@ class MLP(eqx.Module):
         net = object.__new__(MLP)
         fields = dict(weights=weights, biases=biases, masks=masks, width=self.width,
                       in_size=self.in_size, out_size=self.out_size, depth=self.depth,
-                      padded_width=padded_width)
+                      padded_width=padded_width, parametrization=self.parametrization,
+                      base_width=self.base_width)
         for name, value in fields.items():
             object.__setattr__(net, name, value)
         return net
@@ -226,6 +299,8 @@ class CNN(eqx.Module):
     readout_bias: Float[Array, " o"]
     image_shape: tuple[int, int, int] = eqx.field(static=True)
     out_size: int = eqx.field(static=True)
+    parametrization: str = eqx.field(static=True, default="standard")
+    base_width: int = eqx.field(static=True, default=32)
 
     def __init__(
         self,
@@ -237,16 +312,27 @@ class CNN(eqx.Module):
         num_conv: int = 3,
         hidden: int = 64,
         init: Init = "he_uniform",
+        parametrization: str = "standard",
+        base_width: int = 32,
         dtype=jnp.float32,
     ):
+        self.image_shape = tuple(image_shape)
+        self.out_size = out_size
+        self.parametrization, self.base_width = str(parametrization), int(base_width)
+        with jax.ensure_compile_time_eval():  # Python numbers: the sizes are static
+            gains = [float(s.init_gain) for s in _cnn_scales(self.parametrization, image_shape,
+                                                               filters, num_conv, hidden,
+                                                               self.base_width)]
         h, w, c = image_shape
         keys = jax.random.split(key, num_conv + 2)
         convs = []
         in_ch = c
-        for k in keys[:num_conv]:
+        for l, k in enumerate(keys[:num_conv]):
             conv = eqx.nn.Conv2d(in_ch, filters, 3, padding="SAME", key=k, dtype=dtype)
             fan_in = in_ch * 9
             kernel = _INITIALIZERS[init](k, (filters, fan_in), dtype).reshape(conv.weight.shape)
+            if gains[l] != 1.0:  # the standard draw is kept bit for bit
+                kernel = kernel * jnp.asarray(gains[l], dtype)
             conv = eqx.tree_at(lambda cv: (cv.weight, cv.bias), conv,
                                (kernel, jnp.zeros_like(conv.bias)))
             convs.append(conv)
@@ -260,15 +346,45 @@ class CNN(eqx.Module):
         self.convs = tuple(convs)
         self.dense, self.dense_bias = init_dense(keys[-2], hidden, features, init, dtype)
         self.readout, self.readout_bias = init_dense(keys[-1], out_size, hidden, init, dtype)
-        self.image_shape = tuple(image_shape)
-        self.out_size = out_size
+        if gains[-2] != 1.0:
+            self.dense = self.dense * jnp.asarray(gains[-2], dtype)
+        if gains[-1] != 1.0:
+            self.readout = self.readout * jnp.asarray(gains[-1], dtype)
+
+    def _scales(self, optimizer: str = "adam"):
+        filters, num_conv = self.convs[0].out_channels, len(self.convs)
+        return _cnn_scales(self.parametrization, self.image_shape, filters, num_conv,
+                           self.dense.shape[0], self.base_width, optimizer)
+
+    def lr_multipliers(self, optimizer: str):
+        """Every trainable parameter's learning-rate multiplier (a pytree like
+        `eqx.filter(self, eqx.is_inexact_array)` of scalars): convolutions in order, the dense
+        layer (an output-kind layer: its fan-in grows with the filters), the readout (fixed)."""
+        s = self._scales(optimizer)
+        params = eqx.filter(self, eqx.is_inexact_array)
+        convs = tuple(eqx.tree_at(lambda cv: (cv.weight, cv.bias), cv,
+                                  (si.lr_mult, si.bias_lr_mult))
+                      for cv, si in zip(params.convs, s))
+        return eqx.tree_at(lambda t: (t.convs, t.dense, t.dense_bias, t.readout,
+                                      t.readout_bias), params,
+                           (convs, s[-2].lr_mult, s[-2].bias_lr_mult, s[-1].lr_mult,
+                            s[-1].bias_lr_mult))
 
     def __call__(self, x: Array) -> Float[Array, " o"]:
         h = jnp.transpose(jnp.reshape(x, self.image_shape), (2, 0, 1))
-        for conv in self.convs:
-            h = jax.nn.relu(conv(h))
+        a = None
+        if self.parametrization != "standard":
+            with jax.ensure_compile_time_eval():  # the CNN's sizes are static
+                a = [float(s.multiplier) for s in self._scales()]
+        for l, conv in enumerate(self.convs):
+            h = jax.nn.relu(conv(h if a is None or a[l] == 1.0 else a[l] * h))
             h = eqx.nn.MaxPool2d(2, 2)(h)
-        h = jax.nn.relu(self.dense @ jnp.reshape(h, (-1,)) + self.dense_bias)
+        h = jnp.reshape(h, (-1,))
+        if a is not None and a[-2] != 1.0:
+            h = a[-2] * h
+        h = jax.nn.relu(self.dense @ h + self.dense_bias)
+        if a is not None and a[-1] != 1.0:
+            h = a[-1] * h
         return self.readout @ h + self.readout_bias
 
 

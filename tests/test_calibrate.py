@@ -18,11 +18,12 @@ WINDOW = (120.0, 300.0)
 
 
 def kstar_dataset(k, *, widths=(8, 512), depth=(3,), diverged=None, epochs=E):
-    """`k_star` over the six sweep axes, `k` of shape `(depth, width, seed)` (-1: none)."""
+    """`k_star` over the sweep axes, `k` of shape `(depth, width, seed)` (-1: none)."""
     k = np.asarray(k, np.int32).reshape(len(depth), len(widths), -1)
-    shape = (len(depth), len(widths), 1, 1, 1, k.shape[-1])
+    shape = (1, len(depth), len(widths), 1, 1, 1, k.shape[-1])
     coords = {a: np.asarray(v) for a, v in
-              zip(AXES, (depth, widths, (100,), (0.0,), (0,), range(k.shape[-1])))}
+              zip(AXES, (("standard",), depth, widths, (100,), (0.0,), (0,),
+                         range(k.shape[-1])))}
     div = np.zeros(shape, bool) if diverged is None else np.asarray(diverged).reshape(shape)
     return xr.Dataset({"k_star": (AXES, k.reshape(shape)), "diverged": (AXES, div),
                        "last_record": (AXES, np.full(shape, epochs))},
@@ -115,9 +116,9 @@ def test_kstar_flags():
 
 def test_pilot_config_and_bad_arguments(tmp_path):
     quick = ntkbench.from_config_dict(ntkbench.get_config("quick"))
-    p = pilot_config(quick, 1e-3, 2)
+    p = pilot_config(quick, 1e-3, 2)  # every width: each gets its own proposal
     assert (p.widths, p.num_seeds, p.ntk_every, p.lr, p.epochs, p.depth) == (
-        (8, 512), 2, 0, 1e-3, 300, (3,))
+        quick.widths, 2, 0, 1e-3, 300, (3,))
     for kw, needle in [({"lrs": []}, "lrs"), ({"lrs": [1e-3, -1]}, "lrs"),
                        ({"lrs": [1e-3, 1e-3]}, "distinct"),
                        ({"lrs": [1e-3], "window": (200, 100)}, "window"),
@@ -170,8 +171,8 @@ def test_real_calibration_through_the_cli(tmp_path, capsys):
                        for line in out.splitlines()), (p, out)
     lr, advice = propose(points, (2.0, 8.0))
     verdict = out.strip().splitlines()[-1]
-    assert verdict == (f"proposal: lr={lr:g} ({advice})" if lr is not None
-                       else f"proposal: none ({advice})")
+    assert verdict == (f"one lr for every point: lr={lr:g} ({advice})" if lr is not None
+                       else f"one lr for every point: none ({advice})")
     assert out.startswith("calibration of 'smoke': k* window [2, 8] of 8 epochs, 2 seed(s)")
     code, again, _ = _cli(capsys, *args)  # resumable: the pilots are done, the same table
     assert code == 0 and again == out

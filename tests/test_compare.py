@@ -37,7 +37,7 @@ def make_sweep(*, name="model", dataset="digits", model="mlp", depth=(3,), width
     `AXES`) committed only up to epoch 30, masked as the store masks them.
     """
     rng = np.random.default_rng(rng_seed)
-    coords = dict(zip(AXES, (depth, width, n_train, noise, data_draw, seed)))
+    coords = dict(zip(AXES, (("standard",), depth, width, n_train, noise, data_draw, seed)))
     coords = {a: np.asarray(v) for a, v in coords.items()}
     shape = tuple(v.size for v in coords.values())
     g = dict(zip(AXES, np.meshgrid(*coords.values(), indexing="ij")))
@@ -219,10 +219,10 @@ def test_skip_reasons(tmp_path):
 
 
 def test_incomplete_members_refused_then_allowed(tmp_path):
-    part = [(0, 0, 0, 0, 0, s) for s in range(3)] + [(0, 3, 0, 0, 0, 1)]  # width 16, 128
+    part = [(0, 0, 0, 0, 0, 0, s) for s in range(3)] + [(0, 0, 3, 0, 0, 0, 1)]  # width 16, 128
     ds = make_sweep(name="part", incomplete=part)
     bad = incomplete_members(ds)
-    assert bad.dims == AXES and int(bad.sum()) == 4 and bool(bad[0, 3, 0, 0, 0, 1])
+    assert bad.dims == AXES and int(bad.sum()) == 4 and bool(bad[0, 0, 3, 0, 0, 0, 1])
     assert describe_incomplete(ds)[-1] == "width=128, seed=1: records 0..30 of 60"
     out = tmp_path / "c"
     with pytest.raises(ntkbench.ConfigError, match=r"runs/part: 4 of 27 members are incomplete"
@@ -269,8 +269,9 @@ def test_real_sweeps_through_the_cli(real_sweeps, tmp_path, capsys):
     assert f"{partial}: 4 of 4 members are incomplete" in err[0]
     assert "--allow_partial" in err[0] and not out.exists()
 
+    # Six epochs put every k* at the last epoch (flagged): fitted here on request only.
     assert main(["ntkbench", "report", f"--workdir={done}", f"--workdir={partial}",
-                 f"--out={out}", "--allow_partial"]) == 0
+                 f"--out={out}", "--allow_partial", "--include_flagged"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / n) for n in ("fig2_scaling.png", "fig3_transition.png",
                                               "compare.md")]
@@ -296,7 +297,8 @@ def test_real_sweep_beside_synthetic(real_sweeps, tmp_path):
     done, _ = real_sweeps
     real = ntkbench.load(done)
     assert not bool(incomplete_members(real).any())
-    paths = ntkbench.write_comparison([real, make_sweep()], tmp_path, num_bootstrap=50)
+    paths = ntkbench.write_comparison([real, make_sweep()], tmp_path, num_bootstrap=50,
+                                      include_flagged=True)  # six epochs: k* at the end
     md = paths[-1].read_text()
     rows = fit_rows(md)
     assert row(rows, sweep="synthetic / mlp / depth 2", quantity="T0")["points used"] == "2/2"

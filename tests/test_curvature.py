@@ -3,7 +3,7 @@ references: the Hessian by `jax.hessian`, the Jacobian by `jax.jacrev`, eigenval
 
 The model is a small ReLU MLP (5 inputs, width 7, depth 2, 3 logits, P = 122 parameters) after
 3 full-batch Adam steps, on 12 examples of which the last 3 are padding (weight 0, the other 9
-weigh 1/9), with the training losses of `ntkbench._member_step` (cross-entropy and
+weigh 1/9), with the training losses of `ntkbench._train.member_step` (cross-entropy and
 `½‖f − onehot(y)‖²`). Everything runs in float64 (x64 enabled for the whole module) except the
 float32 test.
 
@@ -38,7 +38,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from ntkbench import kernels
-from ntkbench._member_step import member_loss
+from ntkbench._train.member_step import member_loss
 from ntkbench.kernels import _curvature
 from ntkbench.models import MLP, member, stack
 

@@ -130,8 +130,8 @@ def test_store_grows_idempotently_and_repairs_an_interrupted_growth(tmp_path):
     small = _config(ntk_every=0)
     big = dataclasses.replace(small, widths=(4, 16, 8), num_seeds=3)
     store = ResultsStore(str(tmp_path), small, 10)
-    store.write_records([(0, 1, 0, 0, 0, 1)], 0, {"train_loss": np.ones((7, 1))})
-    store.commit([(0, 1, 0, 0, 0, 1)], 6)
+    store.write_records([(0, 0, 1, 0, 0, 0, 1)], 0, {"train_loss": np.ones((7, 1))})
+    store.commit([(0, 0, 1, 0, 0, 0, 1)], 6)
     # A crash after growing the width coordinate but before writing its new value.
     import tensorstore as ts
     arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "width")}},
@@ -139,9 +139,9 @@ def test_store_grows_idempotently_and_repairs_an_interrupted_growth(tmp_path):
     arr.resize(exclusive_max=[3], expand_only=True, resize_metadata_only=True).result()
     for _ in range(2):
         store = ResultsStore(str(tmp_path), big, 10)
-    assert store.arrays["train_loss"].shape == (1, 3, 1, 1, 1, 3, 7)
-    assert store.last_record((0, 1, 0, 0, 0, 1)) == 6
-    assert store.last_record((0, 2, 0, 0, 0, 2)) == -1
+    assert store.arrays["train_loss"].shape == (1, 1, 3, 1, 1, 1, 3, 7)
+    assert store.last_record((0, 0, 1, 0, 0, 0, 1)) == 6
+    assert store.last_record((0, 0, 2, 0, 0, 0, 2)) == -1
     got = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "width")}},
                   open=True).result().read().result()
     assert got.tolist() == [4, 16, 8]

@@ -169,7 +169,7 @@ def test_a_restarted_pack_must_reproduce_its_stored_records(finished, tmp_path, 
     arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
                                                   "path": os.path.join(w, "results", "test_loss")}},
                   open=True).result()
-    arr[0, 0, 0, 0, 0, 0, 5].write(np.float32(123.0)).result()
+    arr[0, 0, 0, 0, 0, 0, 0, 5].write(np.float32(123.0)).result()
     before = _files(w)
     os.remove(os.path.join(w, "packs", "pack_0000.json"))
     code, err, _ = _cli(capsys, "run", *SMOKE, f"--workdir={w}")

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from ntkbench._parametrization import (
+from ntkbench.parametrization import (
     LAYER_KINDS,
     OPTIMIZERS,
     PARAMETRIZATIONS,

@@ -16,13 +16,18 @@ from ntkbench._config.config import (
     LR_AXES,
     MODELS,
     NOT_RESULTS,
+    NTK_KERNELS,
     NTK_METHODS,
     NTK_SPECTRA,
     OPTIMIZERS,
+    PARAMETRIZATIONS,
     RUN_SETTINGS,
     SLQ_METHODS,
     Eigensolver,
+    NtkKernel,
     NtkSpectrum,
+    Optimizer,
+    Parametrization,
     SweepConfig,
     extend,
     from_config_dict,
@@ -77,7 +82,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

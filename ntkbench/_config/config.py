@@ -32,6 +32,30 @@ class NtkSpectrum(enum.Enum):
     AUTO = "auto"
 
 
+class Parametrization(enum.Enum):
+    """How a network's initialization, forward multipliers and per-layer learning rates scale
+    with its width (docs/definitions.md, "Parametrizations"; `ntkbench.parametrization`)."""
+
+    STANDARD = "standard"  # SP: LeCun init, no multipliers, one learning rate
+    NTK = "ntk"  # unit-variance weights, forward multiplier 1/sqrt(fan_in)
+    MUP = "mup"  # maximal update parametrization (Tensor Programs V, the form of microsoft/mup)
+
+
+class Optimizer(enum.Enum):
+    """The optimizers a sweep trains with (full batch or minibatch)."""
+
+    ADAM = "adam"
+    SGD = "sgd"  # with `momentum` (0: plain SGD)
+
+
+class NtkKernel(enum.Enum):
+    """Which kernel an NTK record reduces when the per-layer learning rates differ (under the
+    `ntk` and `mup` parametrizations; under `standard` the two are the same kernel)."""
+
+    LR_WEIGHTED = "lr_weighted"  # Σ_l (η_l/η) J_l J_lᵀ: the kernel of the training dynamics
+    PARAMETER = "parameter"  # Σ_l J_l J_lᵀ: the parameter-space NTK of the function
+
+
 class Eigensolver(enum.Enum):
     """How the spectral step of an exact record computes the eigenvalues and top eigenvectors
     of the cosine-normalized NTK (`ntk_eigensolver`; docs/spectrum.md compares them)."""
@@ -45,7 +69,9 @@ class Eigensolver(enum.Enum):
 DATASETS = ("digits", "digits_shifted", "synthetic", "mnist5k", "mnist", "fashion_mnist",
             "cifar10", "cifar4")
 MODELS = ("mlp", "cnn", "custom")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = tuple(o.value for o in Optimizer)
+PARAMETRIZATIONS = tuple(p.value for p in Parametrization)
+NTK_KERNELS = tuple(k.value for k in NtkKernel)
 LOSSES = ("cross_entropy", "mse")
 INITS = ("lecun_normal", "xavier_uniform", "he_uniform")
 NTK_METHODS = tuple(m.value for m in NtkMethod)
@@ -77,6 +103,8 @@ class SweepConfig:
     model_file: str = ""
     model_digest: str = ""
     init: str = "lecun_normal"
+    parametrization: tuple[str, ...] = ("standard",)
+    base_width: int = 64
     widths: tuple[int, ...] = (8, 32, 128, 512)
     depth: tuple[int, ...] = (3,)
     cnn_dense: int = 64
@@ -103,6 +131,7 @@ class SweepConfig:
     ntk_early_every: int = 0
     ntk_early_until: int = 0
     ntk_method: str = "auto"
+    ntk_kernel: str = "lr_weighted"
     ntk_spectrum: str = "exact"
     ntk_exact_max: int = 4096
     ntk_eigensolver: str = "auto"
@@ -172,7 +201,8 @@ class SweepConfig:
 
     def axis_values(self) -> dict[str, tuple]:
         """The coordinate values of every sweep axis, in `AXES` order."""
-        values = {"depth": self.depth, "width": self.widths, "n_train": self.n_train,
+        values = {"parametrization": self.parametrization, "depth": self.depth,
+                  "width": self.widths, "n_train": self.n_train,
                   "noise": self.noise, "data_draw": tuple(range(self.num_data_draws)),
                   "seed": tuple(range(self.num_seeds))}
         return {a: values[a] for a in AXES}
@@ -226,9 +256,10 @@ class SweepConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 #: Fields an extension may grow: the values of the sweep axes (and the learning-rate table,
 #: whose existing points must keep their rates).
-EXTENSIBLE = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws", "lr_table")
+EXTENSIBLE = ("parametrization", "widths", "depth", "n_train", "noise", "num_seeds",
+              "num_data_draws", "lr_table")
 #: Axes a learning-rate table may vary over (replicates share their point's rate).
-LR_AXES = ("depth", "width", "n_train", "noise")
+LR_AXES = ("parametrization", "depth", "width", "n_train", "noise")
 #: Fields that never change results. The planner bounds only shape the packs of members added
 #: later (a sweep keeps the plan in its manifest); checkpoint settings may change between runs.
 NOT_RESULTS = ("name", "data_dir", "model_file", "checkpoint_every_epochs",
@@ -240,7 +271,8 @@ RUN_SETTINGS = NOT_RESULTS[1:]
 
 def _as_tuple(name: str, value: Any, kind: type) -> tuple:
     if isinstance(value, str):
-        value = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        value = [p.strip().strip("'\"").strip() for p in
+                 value.replace("(", "").replace(")", "").split(",") if p.strip()]
     if not isinstance(value, (list, tuple)):
         value = (value,)
     try:
@@ -273,6 +305,7 @@ def _scalar(name: str, value: Any, kind: type) -> Any:
 
 
 _KINDS = {"tuple[int, ...]": (_as_tuple, int), "tuple[float, ...]": (_as_tuple, float),
+          "tuple[str, ...]": (_as_tuple, str),
           "int": (_scalar, int), "float": (_scalar, float), "bool": (_scalar, bool)}
 
 
@@ -330,7 +363,7 @@ def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
                           f"{', '.join(EXTENSIBLE)}), but {listing} would change the existing "
                           "ones; use a new workdir for a different sweep.")
     merged = {}
-    for name in ("widths", "depth", "n_train", "noise"):
+    for name in ("parametrization", "widths", "depth", "n_train", "noise"):
         dropped = [v for v in a[name] if v not in b[name]]
         if dropped:
             raise ConfigError(f"config.{name}={tuple(b[name])} drops "
@@ -401,9 +434,14 @@ def validate(c: SweepConfig) -> None:
     for name, choices in (("dataset", DATASETS), ("model", MODELS), ("init", INITS),
                           ("optimizer", OPTIMIZERS), ("loss", LOSSES),
                           ("ntk_method", NTK_METHODS), ("ntk_spectrum", NTK_SPECTRA),
-                          ("ntk_eigensolver", EIGENSOLVERS)):
+                          ("ntk_eigensolver", EIGENSOLVERS), ("ntk_kernel", NTK_KERNELS)):
         _one_of(c, name, choices)
-    for name in ("widths", "depth", "n_train", "noise"):
+    _check(all(p in PARAMETRIZATIONS for p in c.parametrization),
+           f"config.parametrization={c.parametrization} must name parametrizations among "
+           f"{', '.join(PARAMETRIZATIONS)}, e.g. ('standard', 'ntk', 'mup').")
+    _check(c.base_width > 0, f"config.base_width={c.base_width} must be positive (the width "
+                             "at which every parametrization is the standard one).")
+    for name in ("parametrization", "widths", "depth", "n_train", "noise"):
         vals = getattr(c, name)
         _check(len(vals) > 0, f"config.{name} is empty; give at least one value.")
         _check(len(set(vals)) == len(vals), f"config.{name}={vals} has duplicates; list each "

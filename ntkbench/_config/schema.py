@@ -24,7 +24,7 @@ import enum
 
 #: Sweep axes in storage order; every results array starts with these dimensions (length 1 when
 #: a sweep does not vary the axis).
-AXES = ("depth", "width", "n_train", "noise", "data_draw", "seed")
+AXES = ("parametrization", "depth", "width", "n_train", "noise", "data_draw", "seed")
 #: Axes whose members are statistical replicates: fits average over them and resample them.
 REPLICATE_AXES = ("data_draw", "seed")
 

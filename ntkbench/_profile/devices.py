@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from ntkbench import kernels
-from ntkbench._config import preset
+from ntkbench._config import preset as preset_config
 from ntkbench._data import load_dataset
 from ntkbench._train import PackBuilder, Runtime
 
@@ -69,13 +69,13 @@ class DeviceRow:
     speedup: float
 
 
-def profile_devices(device_counts: Sequence[int], devices: Sequence, *, preset_name: str = "quick",
+def profile_devices(device_counts: Sequence[int], devices: Sequence, *, preset: str = "quick",
                     width: int = 128, members: int = 8, epochs: int = 20, ntk_every: int = 5,
                     repeats: int = 3, trace_dir: str | None = None
                     ) -> tuple[list[DeviceRow], str]:
     """Throughput of whole pack chunks, NTK records included, on the first `k` devices.
 
-    A pack of `members` MLPs of the preset `preset_name` (its dataset, depth and NTK size) at
+    A pack of `members` MLPs of the preset `preset` (its dataset, depth and NTK size) at
     width `width` trains `epochs` epochs with an NTK record every `ntk_every` epochs, its member axis sharded
     over `k` devices (`Runtime.on`), exactly as `ntkbench run` would. Medians of `repeats`,
     compile excluded.
@@ -83,8 +83,8 @@ def profile_devices(device_counts: Sequence[int], devices: Sequence, *, preset_n
     Returns:
         `(rows, description of the workload)`.
     """
-    c = preset(preset_name, widths=(width,), num_seeds=members, epochs=epochs,
-               ntk_every=ntk_every, chunk_epochs=epochs)
+    c = preset_config(preset, widths=(width,), num_seeds=members, epochs=epochs,
+                      ntk_every=ntk_every, chunk_epochs=epochs)
     data = load_dataset(c.dataset)
     rows, base = [], None
     for k in device_counts:

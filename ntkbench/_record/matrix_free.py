@@ -233,6 +233,7 @@ def matrix_free_record(
     reference=None,
     method: str = "auto",
     block_size: int | None = None,
+    weights=None,
 ) -> dict[str, Float[Array, ""]]:
     """NTK observables of one member without forming the `(M, M)` NTK, with standard errors.
 
@@ -270,6 +271,8 @@ def matrix_free_record(
             for the kernel distance, or None (then `kernel_distance` is NaN).
         method: `"auto"`, `"structured"` or `"implicit"` (see `ntk_diagonal_and_vp`).
         block_size: examples per block for the per-example passes (diagonal, features).
+        weights: per-parameter weights of the kernel (`ntkbench.kernels.ntk`'s `weights`: the
+            learning-rate-weighted NTK), used for the reference kernel too; None: plain NTK.
 
     Returns:
         dict of scalars (`RECORD_KEYS`): `trace` (exact), `entropy`, `erank`,
@@ -277,10 +280,12 @@ def matrix_free_record(
         `eigvec_misalignment` (NaN: see the module docstring).
     """
     check_inputs(x, None)
-    d, vp = kernels.ntk_diagonal_and_vp(model, x, method=method, block_size=block_size)
+    d, vp = kernels.ntk_diagonal_and_vp(model, x, method=method, block_size=block_size,
+                                        weights=weights)
     vp_ref = None
     if reference is not None:
-        _, vp_ref = kernels.ntk_diagonal_and_vp(reference, x, method=method, block_size=block_size)
+        _, vp_ref = kernels.ntk_diagonal_and_vp(reference, x, method=method,
+                                                block_size=block_size, weights=weights)
     return record_from_products(
         d,
         vp,

@@ -63,9 +63,9 @@ def _rank4(k: Float[Array, "m m"], o: int) -> Float[Array, "n n o o"]:
     return k.reshape(n, o, n, o).transpose(0, 2, 1, 3)
 
 
-def _layer_record(model, x) -> dict:
+def _layer_record(model, x, weights=None) -> dict:
     """Trace and effective rank of every layer's NTK part and conjugate kernel."""
-    parts = kernels.layer_ntks(model, x)
+    parts = kernels.layer_ntks(model, x, weights=weights)
     ntks = jax.vmap(kernels.as_matrix)(parts.ntks)
     m = ntks.shape[-1]
     # The conjugate kernels stay a tuple: layer 0's does not depend on the member.
@@ -105,8 +105,19 @@ class Recorder:
         xs = x.reshape((self.draws, -1) + x.shape[1:])
         return xs if y is None else (xs, y.reshape(self.draws, -1))
 
+    def weights(self, model):
+        """The per-parameter weights of the recorded kernel for one member: its learning-rate
+        multipliers under a non-standard parametrization with `ntk_kernel="lr_weighted"`
+        (`Σ_l (η_l/η) J_l J_lᵀ`, the kernel of the training dynamics), else None (the plain
+        parameter-space NTK, computed exactly as without weights)."""
+        if (self.config.ntk_kernel != "lr_weighted"
+                or getattr(model, "parametrization", "standard") == "standard"):
+            return None
+        return model.lr_multipliers(self.config.optimizer)
+
     def _ntk(self, model, x) -> Float[Array, "m m"]:
-        return kernels.as_matrix(kernels.ntk(model, x, method=self.config.ntk_method))
+        return kernels.as_matrix(kernels.ntk(model, x, method=self.config.ntk_method,
+                                             weights=self.weights(model)))
 
     def prepare(self, models, x: Array, keys: PRNGKeyArray, *, sequential: bool) -> RecordInputs:
         """The per-member constants of a pack, from its members at initialization."""
@@ -166,7 +177,7 @@ class Recorder:
             out["kernel_velocity"] = jnp.where(carry.prev_epoch >= 0,
                                                out["kernel_velocity"] / gap, jnp.nan)
         if self.config.layer_ntks:
-            out.update(_layer_record(model, xs[0]))
+            out.update(_layer_record(model, xs[0], self.weights(model)))
         new = RecordCarry(vectors, erank, ks if self.velocity else None,
                           jnp.asarray(epoch, jnp.int32))
         return out, new
@@ -185,7 +196,7 @@ class Recorder:
             return matrix_free_record(
                 model, xd, y1, key=kd, num_probes=c.slq_probes, num_steps=c.slq_steps,
                 num_deflate=c.slq_deflate, num_frobenius_probes=c.slq_frobenius_probes,
-                reference=reference, method=c.ntk_method)
+                reference=reference, method=c.ntk_method, weights=self.weights(model))
 
         per = self._stored(jax.lax.map(one, (xs, ys, jax.random.split(key, self.draws))))
         # Independent draws: the error of the mean is sqrt(sum se²) / draws.

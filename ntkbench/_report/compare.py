@@ -186,8 +186,8 @@ def _fit_row(curve: Curve, quantity: str, axis: str, fit, kind: str) -> FitRow:
     reasons = []
     for x in fit.dropped:
         i = int(np.flatnonzero(curve.x == x)[0])
-        why = ("k* flagged" if not curve.ok()[i] else "no finite value"
-               if not np.isfinite(mean[i]) else
+        why = ("no finite value" if not np.isfinite(mean[i]) else "k* flagged"
+               if not curve.ok()[i] else
                f"mean {fmt(mean[i])} <= 0" if mean[i] <= 0 else f"{axis} <= 0")
         reasons.append(f"{axis}={x:g} ({why})")
     estimate = fit.beta if kind == "power law" else fit.x_break

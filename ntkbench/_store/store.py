@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorstore as ts
+import zarr
 
 from ntkbench._config import (
     AXES,
@@ -126,18 +127,20 @@ class ResultsStore:
 
     def _write_settings(self) -> None:
         """The `SETTING` variables (each member's learning rate), a function of the config:
-        (re)written whole at every opening, one chunk, so they always match the manifest."""
+        at every opening, the members whose stored value is missing or differs are written
+        (an extension writes only its new members; one chunk per member, as every array)."""
         values = np.asarray([self.config.lr_of(m) for m in members(self.config)],
                             np.float32).reshape(self.grid)
         path = os.path.join(self.root, "lr")
+        arr = self._open("lr", self.grid, AXES, "float32", _FILL["float32"],
+                         (1,) * len(AXES))
         try:
-            if np.array_equal(open_array(path).read().result(), values):
-                return
-        except (ValueError, OSError, RuntimeError):
-            pass  # missing, damaged or of another shape: written anew
-        spec = _spec(path, self.grid, AXES, "float32", _FILL["float32"], self.grid)
-        arr = _io(path, lambda: ts.open(spec, create=True, delete_existing=True).result())
-        _io(path, lambda: arr.write(values).result())
+            have = arr.read().result()
+        except ValueError:  # a damaged chunk: every member is written anew
+            have = np.full(self.grid, np.nan, np.float32)
+        differ = np.argwhere(~(have == values))
+        futures = [(path, arr[tuple(i)].write(values[tuple(i)])) for i in differ]
+        self._write_all(futures)
 
     def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
         """Create the array, or open it, growing it to `shape` for an extended sweep.
@@ -164,6 +167,8 @@ class ResultsStore:
 
     def _write_coord(self, name: str, values: np.ndarray) -> None:
         path = os.path.join(self.root, name)
+        if values.dtype.kind in "USO":
+            return self._write_string_coord(name, path, values.astype(str))
         dtype, fill = ("float64", 0.0) if values.dtype.kind == "f" else ("int64", 0)
         values = values.astype(dtype)
         if not os.path.exists(os.path.join(path, "zarr.json")):
@@ -187,6 +192,31 @@ class ResultsStore:
                                                resize_metadata_only=True).result())
         if k < len(values):
             _io(path, lambda: arr[k:].write(values[k:]).result())
+
+    def _write_string_coord(self, name: str, path: str, values: np.ndarray) -> None:
+        """A coordinate of names (the parametrizations). Tensorstore's zarr3 driver has no
+        string type, so zarr-python writes it (zarr v3 `string`, `vlen-utf8`), which xarray
+        reads; an extension appends names, anything else is another sweep's store."""
+        try:
+            group = zarr.open_group(self.root, mode="a", zarr_format=3)
+            if name not in group:
+                arr = group.create_array(name, shape=values.shape, dtype=str,
+                                         dimension_names=[name], chunks=values.shape)
+                arr[:] = values
+                return
+            arr = group[name]
+            have = np.asarray([str(v) for v in np.asarray(arr[:]).tolist()])
+            if len(have) > len(values) or np.any(have != values[:len(have)]):
+                raise IntegrityError(f"The coordinate {name} in {self.root} is {have.tolist()} "
+                                     f"but this sweep has {values.tolist()}; the store belongs "
+                                     "to another sweep. Use a new workdir.")
+            if len(have) < len(values):
+                arr.resize(values.shape)
+                arr[:] = values
+        except (OSError, ValueError, KeyError) as e:
+            raise storage_error(path, e) if isinstance(e, OSError) else IntegrityError(
+                f"The coordinate {path} cannot be read or written ({e}); run `ntkbench "
+                "verify` on the workdir.") from None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -312,7 +342,8 @@ def read_dataset(root: str, *, snapshots: bool = False):
         elif name == "k_star":
             ds[name] = ds[name].where(complete, -1)
     ds["diverged"] = ds["diverged"].astype(bool)
-    unsorted = [a for a in AXES if not ds.indexes[a].is_monotonic_increasing]
+    unsorted = [a for a in AXES if a in ds.indexes and ds[a].dtype.kind in "iuf"
+                and not ds.indexes[a].is_monotonic_increasing]
     if unsorted:
         ds = ds.sortby(unsorted)
         snapshot = None if snapshot is None else snapshot.sortby(unsorted)

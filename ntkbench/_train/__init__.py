@@ -7,6 +7,7 @@ Depends on `ntkbench._config`, `ntkbench._data`, `ntkbench._record`, `ntkbench.m
 
 from ntkbench._train.builder import PackBuilder, ReadyPack, build_pack
 from ntkbench._train.family import ModelFamily, model_family
+from ntkbench._train.member_step import make_optimizer, member_loss
 from ntkbench._train.members import Member, members, members_keys
 from ntkbench._train.pack import (
     SweepData,
@@ -32,7 +33,7 @@ from ntkbench._train.runtime import Runtime
 from ntkbench._train.state import PackData, PackState
 
 __all__ = [
-    "PackBuilder", "ReadyPack", "build_data", "build_models", "build_pack", "check_fits", "extend_plan", "Member",
+    "make_optimizer", "member_loss", "PackBuilder", "ReadyPack", "build_data", "build_models", "build_pack", "check_fits", "extend_plan", "Member",
     "member_bytes", "members", "members_keys", "minibatch_schedule", "model_family",
     "ModelFamily", "Pack", "PackData", "PackProgram", "packs_from_json", "packs_to_json",
     "PackState", "Placement", "Plan", "plan", "Runtime", "shard_packs", "SweepData", "with_slots",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -46,24 +47,30 @@ class ModelFamily:
     init: str = "lecun_normal"
     cnn_dense: int = 64
     model_fn: Callable | None = None
+    base_width: int = 64
 
     @property
     def in_size(self) -> int:
         return math.prod(self.input_shape)
 
-    def build(self, width: int, depth: int, key) -> eqx.Module:
+    def build(self, width: int, depth: int, key, parametrization: str = "standard"
+              ) -> eqx.Module:
         """One unpadded member."""
+        para = dict(parametrization=parametrization, base_width=self.base_width)
         if self.kind == "mlp":
-            return MLP(self.in_size, self.num_classes, width, depth, key=key, init=self.init)
+            return MLP(self.in_size, self.num_classes, width, depth, key=key, init=self.init,
+                       **para)
         if self.kind == "cnn":
             return CNN(tuple(self.input_shape), self.num_classes, key=key, filters=width,
-                       num_conv=depth, hidden=self.cnn_dense, init=self.init)
+                       num_conv=depth, hidden=self.cnn_dense, init=self.init, **para)
+        extra = para if parametrization != "standard" else {}
         return self.model_fn(width, key, input_shape=tuple(self.input_shape),
-                             num_classes=self.num_classes)
+                             num_classes=self.num_classes, **extra)
 
-    def build_stack(self, keys, width: int, depth: int) -> eqx.Module:
+    def build_stack(self, keys, width: int, depth: int,
+                    parametrization: str = "standard") -> eqx.Module:
         """Unpadded members of one shape, one per key, stacked (one compile per shape)."""
-        return _build_stack(self, keys, int(width), int(depth))
+        return _build_stack(self, keys, int(width), int(depth), str(parametrization))
 
     @functools.cached_property
     def paddable(self) -> bool:
@@ -106,11 +113,12 @@ class ModelFamily:
 
 
 @eqx.filter_jit
-def _build_stack(family: ModelFamily, keys, width: int, depth: int) -> eqx.Module:
+def _build_stack(family: ModelFamily, keys, width: int, depth: int,
+                 parametrization: str) -> eqx.Module:
     # The family, width and depth are static (hashed by value): one compiled program per shape,
     # shared by every pack and sweep of a process, so a member's initial bits never depend on
     # its pack.
-    return eqx.filter_vmap(lambda k: family.build(width, depth, k))(keys)
+    return eqx.filter_vmap(lambda k: family.build(width, depth, k, parametrization))(keys)
 
 
 def model_family(config: SweepConfig, data: Dataset, model_fn=None) -> ModelFamily:
@@ -122,5 +130,22 @@ def model_family(config: SweepConfig, data: Dataset, model_fn=None) -> ModelFami
         raise ConfigError(f"config.model='cnn' with depth {max(config.depth)} needs images of at "
                           f"least {2 ** max(config.depth)} pixels a side; {config.dataset!r} has "
                           f"{data.input_shape[:2]}. Use fewer conv layers or model='mlp'.")
+    if config.model == "custom" and set(config.parametrization) - {"standard"}:
+        _check_custom_parametrization(model_fn, config)
     return ModelFamily(config.model, tuple(data.input_shape), data.num_classes, config.init,
-                       config.cnn_dense, model_fn)
+                       config.cnn_dense, model_fn, config.base_width)
+
+
+def _check_custom_parametrization(model_fn, config: SweepConfig) -> None:
+    """A user's model takes part in the `ntk` and `mup` parametrizations only if its `model_fn`
+    accepts `parametrization=` and `base_width=` keywords and the model it returns has
+    `lr_multipliers(optimizer)` (docs/models.md); else the sweep is refused."""
+    params = inspect.signature(model_fn).parameters
+    takes = {"parametrization", "base_width"} <= set(params) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes:
+        raise ConfigError(
+            f"config.parametrization={config.parametrization} needs a model_fn that accepts "
+            "parametrization= and base_width= keywords and builds its layers with "
+            "ntkbench.parametrization (docs/models.md); this model_fn does not: use "
+            "parametrization=('standard',), or the built-in mlp or cnn.")

@@ -10,6 +10,10 @@ plan, and adding widths or seeds never changes existing members:
 - noise (the noisy replacement): the data coordinates and the noise level;
 - shuffle (minibatch order): the init coordinates and the data ones;
 - ntk (matrix-free probes): the init and data coordinates.
+
+The parametrization is in no key: the members of one point under `standard`, `ntk` and `mup`
+draw the same weights (scaled by each parametrization's init gain), a paired comparison; and a
+`standard` member keeps exactly the keys it had before parametrizations existed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Member:
     noise: float
     data_draw: int
     seed: int
+    parametrization: str = "standard"  # not in any key: every parametrization of a point draws
+    #                                     the same unit-variance weights, scaled by its table
 
 
 def members(config: SweepConfig) -> list[Member]:
@@ -61,6 +67,8 @@ def from_indices(config: SweepConfig, indices: Sequence[Sequence[int]]) -> list[
     out = []
     for index in indices:
         index = tuple(int(i) for i in index)
+        if len(index) == len(AXES) - 1:  # a manifest from before the parametrization axis
+            index = (0,) + index
         if len(index) != len(AXES) or any(not 0 <= i < n for i, n in zip(index, shape)):
             raise ValueError(f"member {index} lies outside the sweep's grid {shape}")
         out.append(Member(index=index, **{a: values[a][i] for a, i in zip(AXES, index)}))

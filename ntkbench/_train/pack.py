@@ -65,7 +65,8 @@ def build_models(config: SweepConfig, family: ModelFamily, pack: Pack) -> eqx.Mo
     init_keys = members_keys(config, pack.members)["init"]
     blocks, order = [], []
     for width, js in by_width.items():
-        block = family.build_stack(init_keys[np.asarray(js)], width, pack.depth)
+        block = family.build_stack(init_keys[np.asarray(js)], width, pack.depth,
+                                   pack.parametrization)
         if family.paddable and width != pack.padded_width:
             block = family.pad_stack(block, pack.padded_width)
         blocks.append(block)
@@ -153,9 +154,15 @@ def _prepare(recorder, model, x, keys, sequential):
 
 def learning_rates(config: SweepConfig, pack: Pack, model: eqx.Module):
     """Every member's learning rate of every parameter: a tree like the parameters whose leaves
-    are `(m,)` float32, each member's rate at its sweep point (`SweepConfig.lr_of`)."""
-    rates = np.asarray([config.lr_of(m) for m in pack.members], np.float32)
-    return jax.tree.map(lambda _: jnp.asarray(rates), params_of(model))
+    are `(m,)` float32, each member's rate at its sweep point (`SweepConfig.lr_of`), times the
+    parameter's multiplier under a non-standard parametrization (`lr_multipliers`)."""
+    rates = jnp.asarray(np.asarray([config.lr_of(m) for m in pack.members], np.float32))
+    if pack.parametrization == "standard":
+        return jax.tree.map(lambda _: rates, params_of(model))
+    # Each member's per-layer multipliers at its true width (docs/definitions.md,
+    # "Parametrizations"), times its point's rate.
+    mult = eqx.filter_vmap(lambda m: m.lr_multipliers(config.optimizer))(model)
+    return jax.tree.map(lambda k: rates * k.astype(jnp.float32), mult)
 
 
 def minibatch_schedule(config: SweepConfig, pack: Pack) -> MinibatchSchedule | None:

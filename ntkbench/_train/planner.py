@@ -32,6 +32,7 @@ class Pack:
     depth: int
     padded_width: int
     padded_n_train: int
+    parametrization: str = "standard"  # one per pack: it fixes the program's model
 
     @property
     def num_members(self) -> int:
@@ -147,13 +148,13 @@ def plan(config: SweepConfig, family: ModelFamily, *, num_devices: int = 1,
     """
     groups: dict[tuple, list[Member]] = {}
     for m in members(config) if only is None else list(only):
-        key = (m.depth,) + ((m.n_train,) if config.batch_size > 0 else ())
+        key = (m.parametrization, m.depth) + ((m.n_train,) if config.batch_size > 0 else ())
         key += () if family.paddable else (m.width,)
         groups.setdefault(key, []).append(m)
 
     packs: list[Pack] = []
     for gkey in sorted(groups):
-        group, depth = groups[gkey], gkey[0]
+        group, parametrization, depth = groups[gkey], gkey[0], gkey[1]
 
         def size(m, depth=depth):
             return (family.flops_per_example(m.width, depth) * m.n_train, m.width, m.n_train)
@@ -173,7 +174,8 @@ def plan(config: SweepConfig, family: ModelFamily, *, num_devices: int = 1,
             chunk = math.ceil(len(run) / num_chunks)
             for c in range(num_chunks):
                 part = run[c * chunk:(c + 1) * chunk]
-                packs.append(Pack(first_pack_id + len(packs), tuple(part), depth, width, n_max))
+                packs.append(Pack(first_pack_id + len(packs), tuple(part), depth, width, n_max,
+                                  parametrization))
     return account(packs, family, num_devices=num_devices)
 
 
@@ -203,14 +205,15 @@ def packs_to_json(packs: Sequence[Pack]) -> list[dict]:
     """The manifest form of packs: ids, member grid indices and padded shapes."""
     return [{"pack_id": p.pack_id, "members": [list(m.index) for m in p.members],
              "padded_width": p.padded_width, "padded_n_train": p.padded_n_train,
-             "depth": p.depth} for p in packs]
+             "depth": p.depth, "parametrization": p.parametrization} for p in packs]
 
 
 def packs_from_json(config: SweepConfig, items: Sequence[dict]) -> list[Pack]:
     """Packs recorded in a manifest, rebuilt against `config`'s grid (a sweep keeps the plan
     it started with, so pack ids, status files and checkpoints stay valid across versions)."""
     return [Pack(int(item["pack_id"]), tuple(from_indices(config, item["members"])),
-                 int(item["depth"]), int(item["padded_width"]), int(item["padded_n_train"]))
+                 int(item["depth"]), int(item["padded_width"]), int(item["padded_n_train"]),
+                 str(item.get("parametrization", "standard")))
             for item in items]
 
 

@@ -1,7 +1,7 @@
-"""Width-scaling rules of the parametrizations SP, NTK and μP (docs/parametrizations.md).
+"""Width-scaling rules of the parametrizations SP, NTK and μP (docs/definitions.md, "Parametrizations").
 
 One function, `layer_scales`, returns for one dense (or convolution) layer the six numbers that a
-parametrization fixes (docs/parametrizations.md, "The table"): the weights' initial standard
+parametrization fixes (docs/definitions.md, "Parametrizations", "The table"): the weights' initial standard
 deviation, the forward multiplier, the learning-rate multiplier, and the same three for the
 layer's bias. Everything is a power of the width multiplier
 
@@ -27,7 +27,9 @@ own true width, an int32 array): only `jax.numpy` arithmetic is applied to them,
 branch, so `layer_scales` works under `jax.jit` and `jax.vmap`. The parametrization, the
 optimizer and the layer kind are static.
 
-This module imports nothing else of ntkbench.
+Public as `ntkbench.parametrization`: a user's `model_fn` can build its layers with it
+(docs/models.md). The names of the parametrizations and optimizers are the config's enums
+(`Parametrization`, `Optimizer`), re-exported here.
 """
 
 from __future__ import annotations
@@ -38,24 +40,14 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from ntkbench._config import OPTIMIZERS, PARAMETRIZATIONS, Optimizer, Parametrization
 
-class Parametrization(str, enum.Enum):
-    """How init, multipliers and learning rates scale with width (docs/parametrizations.md)."""
-
-    STANDARD = "standard"  # SP: LeCun init 1/sqrt(fan_in), no multipliers, one learning rate
-    NTK = "ntk"  # unit-variance weights, multiplier 1/sqrt(fan_in)
-    MUP = "mup"  # maximal update parametrization, in the form of microsoft/mup
-
-
-class Optimizer(str, enum.Enum):
-    """The optimizer family the learning-rate multipliers are for."""
-
-    ADAM = "adam"  # and other entrywise-normalizing optimizers (AdamW, RMSProp, ...)
-    SGD = "sgd"  # with or without momentum
+__all__ = ["LAYER_KINDS", "OPTIMIZERS", "PARAMETRIZATIONS", "LayerKind", "LayerScales",
+           "Optimizer", "Parametrization", "layer_scales", "mlp_scales", "width_multiplier"]
 
 
 class LayerKind(str, enum.Enum):
-    """Which of a layer's dimensions scale with the width (docs/parametrizations.md, "Notation").
+    """Which of a layer's dimensions scale with the width (docs/definitions.md, "Parametrizations", "Notation").
 
     `INPUT`: fixed fan-in, fan-out the width (the first layer). `HIDDEN`: both scale. `OUTPUT`:
     fan-in scales, fixed fan-out (the readout). `FIXED`: neither scales (e.g. a layer between two
@@ -69,8 +61,6 @@ class LayerKind(str, enum.Enum):
     FIXED = "fixed"
 
 
-PARAMETRIZATIONS = tuple(p.value for p in Parametrization)
-OPTIMIZERS = tuple(o.value for o in Optimizer)
 LAYER_KINDS = tuple(k.value for k in LayerKind)
 
 
@@ -103,7 +93,7 @@ def _check_positive(name: str, value) -> None:
 
 
 def width_multiplier(width, base_width):
-    """`m = width / base_width` as a float array (docs/parametrizations.md, "Notation")."""
+    """`m = width / base_width` as a float array (docs/definitions.md, "Parametrizations", "Notation")."""
     _check_positive("width", width)
     _check_positive("base_width", base_width)
     dtype = jnp.result_type(float)
@@ -119,7 +109,7 @@ def layer_scales(
     width,
     base_width,
 ) -> LayerScales:
-    r"""The scales of one layer under a parametrization (docs/parametrizations.md, "The table").
+    r"""The scales of one layer under a parametrization (docs/definitions.md, "Parametrizations", "The table").
 
     With `n = fan_in` (the TRUE fan-in: the data dimension for `INPUT`, the true width for a
     hidden dense layer, `in_channels · k²` for a convolution), `m = width / base_width`, and
@@ -147,7 +137,7 @@ def layer_scales(
 
     At `width == base_width` (`m = 1`) μP is SP exactly (the same stored parameters and learning
     rates), and NTK is SP as a function and a training trajectory (SGD exactly; Adam up to its
-    `ε`), though not in its stored parameters (docs/parametrizations.md, "At the base width").
+    `ε`), though not in its stored parameters (docs/definitions.md, "Parametrizations", "At the base width").
 
     Args:
         parametrization: `"standard"`, `"ntk"` or `"mup"`.
