@@ -1,4 +1,4 @@
-"""Coordinate check of the three parametrizations (docs/parametrizations.md, "Coordinate check").
+"""Coordinate check of the three parametrizations (docs/definitions.md §15, "Coordinate check").
 
     python benchmarks/coord_check_sketch.py [--seeds 3] [--adam-lr 1e-2] [--sgd-lr 0.5]
 
@@ -15,7 +15,7 @@ on purpose (microsoft/mup's README: a large rate shows exploding coordinates soo
 
 Last, at initialization, the slope in width of the trace of every layer's weight part of the
 parameter-space NTK `J_l J_lᵀ` and of the learning-rate-weighted `λ_l J_l J_lᵀ`
-(docs/parametrizations.md, "Which kernel"). About a minute of CPU.
+(docs/definitions.md §15, "Which kernel"). About a minute of CPU.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def measure(par: str, opt: str, lr: float, seeds: int, x, y):
 
 def kernel_slopes(par: str, opt: str, x):
     """Per layer, the slopes in width of the traces at initialization of the weights' `J_l J_lᵀ`
-    and `λ_l J_l J_lᵀ` (docs/parametrizations.md, "Which kernel"), from the dense-layer identity
+    and `λ_l J_l J_lᵀ` (docs/definitions.md §15, "Which kernel"), from the dense-layer identity
     `tr J_l J_lᵀ = a_l² Σ_i |h_i|² Σ_a |δ_ia|²` (docs/definitions.md §1)."""
 
     def one(params, mults, xi):

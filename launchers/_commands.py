@@ -16,7 +16,7 @@ from ntkbench.launchers._config_file import (
     strip_config,
 )
 from ntkbench.launchers._devices import define_runtime_flags, init_runtime
-from ntkbench.launchers._profile_cmd import profile
+from ntkbench.launchers._profile_cmd import coordcheck, profile
 from ntkbench.launchers._progress import ProgressDisplay
 from ntkbench.launchers._report_cmd import calibrate, report
 from ntkbench.launchers._tables import status_table, summary_table
@@ -163,6 +163,10 @@ def cmd_profile(argv: list[str]) -> int:
     return profile(argv)
 
 
+def cmd_coordcheck(argv: list[str]) -> int:
+    return coordcheck(argv)
+
+
 def cmd_presets(argv: list[str]) -> int:
     parse(argv, lambda fv: None)
     for name, fn in ntkbench.PRESETS.items():
@@ -173,5 +177,5 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["cmd_calibrate", "cmd_presets", "cmd_profile", "cmd_report", "cmd_run",
+__all__ = ["cmd_calibrate", "cmd_coordcheck", "cmd_presets", "cmd_profile", "cmd_report", "cmd_run",
            "cmd_status", "cmd_verify", "preset_or_file"]

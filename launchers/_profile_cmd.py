@@ -7,7 +7,13 @@ import os
 from absl import flags
 
 import ntkbench
-from ntkbench.launchers._config_file import UsageError, parse, preset_or_file
+from ntkbench.launchers._config_file import (
+    UsageError,
+    define_config,
+    parse,
+    preset_or_file,
+    strip_config,
+)
 
 
 def _define(fv) -> None:
@@ -69,4 +75,45 @@ def profile(argv: list[str]) -> int:
                                     sequential=jax.default_backend() == "cpu",
                                     trace_dir=fv.trace_dir)
     print(ntkbench.format_table(rows))
+    return 0
+
+
+def _define_coordcheck(fv) -> None:
+    flags.DEFINE_list("widths", None, "Widths to check (default: the config's widths), e.g. "
+                      "64,128,256,512,1024,2048.", flag_values=fv)
+    flags.DEFINE_integer("steps", 5, "Optimizer steps after the initialization.", flag_values=fv)
+    flags.DEFINE_integer("seeds", 3, "Initializations per width (their mean is drawn).",
+                         flag_values=fv)
+    flags.DEFINE_integer("batch", 64, "Training samples in the fixed full batch.",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default runs/coordcheck-<config name>).",
+                        flag_values=fv)
+
+
+def coordcheck(argv: list[str]) -> int:
+    """`ntkbench coordcheck --config=quick --config.parametrization='("standard","ntk","mup")'
+    [--widths=64,...,2048] [--steps=5]`: every layer's activation size against width."""
+    holder = {}
+
+    def define(fv):
+        holder["model_fn"] = define_config(fv, argv)
+        _define_coordcheck(fv)
+
+    fv = parse(strip_config(argv), define)
+    try:
+        config = ntkbench.from_config_dict(fv.config)
+    except ntkbench.ConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        widths = None if fv.widths is None else tuple(int(w) for w in fv.widths)
+    except ValueError:
+        raise UsageError(f"--widths={','.join(fv.widths)} must be integers, e.g. "
+                         "--widths=64,256,1024.") from None
+    out = fv.out or os.path.join("runs", f"coordcheck-{config.name}")
+    ds = ntkbench.coordcheck(config, widths=widths, steps=fv.steps, num_seeds=fv.seeds,
+                             batch=fv.batch)
+    paths = ntkbench.write_coordcheck(ds, out)
+    print(paths[-1].read_text())
+    for p in paths:
+        print(p)
     return 0

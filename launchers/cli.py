@@ -6,6 +6,7 @@
     ntkbench verify --workdir=runs/quick
     ntkbench calibrate --config=quick
     ntkbench profile [--widths=64,256,1024] [--devices=1,2,4,8] [--config=FILE]
+    ntkbench coordcheck --config=quick --config.parametrization='("standard","mup")' 
     ntkbench presets
 
 `--config` takes a preset name (`ntkbench presets` lists them) or a Python file whose
@@ -34,7 +35,8 @@ import ntkbench
 from ntkbench.launchers import _commands
 from ntkbench.launchers._config_file import HelpRequested, UsageError
 
-COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "presets")
+COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "coordcheck",
+            "presets")
 USAGE = ("usage: ntkbench COMMAND [--flag=value ...]   (`ntkbench COMMAND --help` lists its flags)\n"
          + __doc__.split("\n\n")[1] + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
          "inconsistent or damaged, 70 hung, 74 a file could not be written, 75 interrupted "

@@ -1,4 +1,4 @@
-"""The parametrization table (docs/parametrizations.md) as code: every entry, the equivalences the
+"""The parametrization table (docs/definitions.md §15) as code: every entry, the equivalences the
 doc states, traced widths, and the abc-symmetry checked numerically on a tiny network."""
 
 import itertools
@@ -42,7 +42,7 @@ def cases(kind):
 
 
 def documented(p, opt, kind, n, w, w0):
-    """The table of docs/parametrizations.md, "The table", written out in float64."""
+    """The table of docs/definitions.md §15, "The table", written out in float64."""
     m = w / w0
     n0 = n / m if kind in ("hidden", "output") else n
     wide_bias = kind in ("input", "hidden")

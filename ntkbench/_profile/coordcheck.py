@@ -168,6 +168,10 @@ def write_coordcheck(ds: xr.Dataset, out_dir: str | Path) -> list[Path]:
                         "o-", markersize=3, label=str(layer))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            lo, hi = ax.get_ylim()  # at least two decades: flat reads flat, growth reads growth
+            if hi / lo < 100:
+                mid = np.sqrt(lo * hi)
+                ax.set_ylim(mid / 10, mid * 10)
             ax.set_title(f"{par}, step {t}", fontsize=9)
             ax.set_xlabel("width")
             ax.set_ylabel("mean |pre-activation|")
