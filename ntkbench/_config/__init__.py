@@ -57,6 +57,8 @@ from ntkbench._config.schema import (
     AXES,
     BEST_SOURCES,
     BEST_VARIABLES,
+    CURVATURE,
+    CURVATURE_ADAM,
     EPOCH_VARIABLES,
     LAYER_VARIABLES,
     LINEARIZED,
@@ -82,7 +84,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "CURVATURE", "CURVATURE_ADAM", "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

@@ -142,6 +142,8 @@ class SweepConfig:
     slq_deflate: int = 20
     slq_frobenius_probes: int = 96
     kernel_velocity: bool = False
+    curvature_every: int = 0
+    curvature_steps: int = 20
     ntk_snapshots: bool = True
     layer_ntks: bool = False
     # run settings (never change results)
@@ -229,6 +231,14 @@ class SweepConfig:
         if self.ntk_early_every > 0:
             epochs |= set(range(0, min(self.ntk_early_until, self.epochs), self.ntk_early_every))
         return tuple(sorted(epochs))
+
+    def curvature_epochs(self) -> tuple[int, ...]:
+        """Records with curvature (sharpness, preconditioned sharpness, the training-set NTK's
+        top eigenvalue): every `curvature_every` epochs and the final one; none when 0."""
+        if self.curvature_every <= 0:
+            return ()
+        return tuple(sorted(set(range(0, self.epochs + 1, self.curvature_every))
+                            | {self.epochs}))
 
     def eval_epochs(self) -> tuple[int, ...]:
         """Records with test metrics: every `eval_every` epochs and the final one."""
@@ -455,7 +465,11 @@ def validate(c: SweepConfig) -> None:
                  "eval_batch", "ntk_num_vectors", "slq_steps", "cnn_dense",
                  "ntk_exact_max"):
         _check(getattr(c, name) > 0, f"config.{name}={getattr(c, name)} must be positive.")
+    _check(c.curvature_steps >= 2, f"config.curvature_steps={c.curvature_steps} must be at "
+           "least 2 (Lanczos steps; 20 resolve the top eigenvalue to ~1e-15 on realistic "
+           "networks, docs/definitions.md §16).")
     for name in ("ntk_every", "batch_size", "checkpoint_every_epochs", "seed", "n_eval",
+                 "curvature_every",
                  "ntk_early_every", "ntk_early_until", "slq_deflate"):
         _check(getattr(c, name) >= 0, f"config.{name}={getattr(c, name)} must be >= 0.")
     _check(c.slq_probes >= 3, f"config.slq_probes={c.slq_probes} must be >= 3 (the standard "

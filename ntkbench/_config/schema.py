@@ -54,7 +54,13 @@ NTK_VELOCITY = ("kernel_velocity",)
 #: Standard errors of the matrix-free (`ntk_spectrum="slq"`) estimates.
 NTK_STDERR = ("ntk_entropy_stderr", "ntk_erank_stderr", "label_alignment_stderr",
               "kernel_distance_init_stderr")
-NTK_VARIABLES = NTK_EXACT + NTK_VELOCITY + NTK_STDERR
+#: Curvature records (`curvature_every > 0`; docs/definitions.md §16): the top eigenvalue of the
+#: training-loss Hessian (the sharpness), of Adam's preconditioned Hessian `λ D⁻¹ H` (Adam only),
+#: and of the training-set NTK `J Jᵀ / n`, each with its Lanczos residual. Stored with the NTK
+#: quantities (`(epoch,)`, NaN except at curvature records).
+CURVATURE = ("sharpness", "sharpness_residual", "train_ntk_top", "train_ntk_top_residual")
+CURVATURE_ADAM = ("precond_sharpness", "precond_sharpness_residual")
+NTK_VARIABLES = NTK_EXACT + NTK_VELOCITY + NTK_STDERR + CURVATURE + CURVATURE_ADAM
 #: What an NTK record holds, in one table for both record paths: each stored name and the key
 #: under which the record step computes it (the observables' own names, as
 #: `ntkbench.observables.spectral_record` and the matrix-free record return them).
@@ -119,6 +125,8 @@ def stored_variables(config, num_classes: int) -> dict[Group, tuple[str, ...]]:
         record += NTK_STDERR if slq else ()
     best = tuple(f"best_{n}" for n in BEST_SOURCES
                  if (n in record) or (n == "lin_output_gap" and config.linearized))
+    if config.curvature_every > 0:
+        record += CURVATURE + (CURVATURE_ADAM if config.optimizer == "adam" else ())
     return {
         Group.EPOCH: epoch,
         Group.NTK: record,

@@ -261,3 +261,60 @@ def fig8_alignment(ds, plan, facet, out_dir) -> Path:
     return _save(fig, out_dir / f"fig8_alignment{suffix}.png")
 
 
+
+
+def stability_thresholds(ds: xr.Dataset, lr: float) -> tuple[float, float]:
+    """`(sharpness threshold, preconditioned threshold)` at learning rate `lr`
+    (docs/definitions.md §16): gradient descent with heavy-ball momentum `β` is stable on a
+    quadratic while `λ_max(H) < (2 + 2β)/η` (2/η for plain GD); Adam's preconditioned Hessian
+    while `λ_max(D⁻¹H) < (2 + 2β₁)/((1 − β₁) η)` (38/η at `β₁ = 0.9`). NaN where the sweep's
+    optimizer has no such threshold."""
+    if ds.attrs.get("optimizer") == "sgd":
+        beta = float(ds.attrs.get("momentum", 0.0))
+        return (2 + 2 * beta) / lr, np.nan
+    b1 = float(ds.attrs.get("b1", 0.9))
+    return np.nan, (2 + 2 * b1) / ((1 - b1) * lr)
+
+
+def fig_sharpness(ds, plan, facet, out_dir) -> Path:
+    """Sharpness, Adam's preconditioned sharpness and the training-set NTK's top eigenvalue over
+    training, one curve per value of the curve axis, each with its stability threshold (dashed,
+    the same colour, from its own learning rate), beside the training loss."""
+    suffix, title = facet_name(ds, facet)
+    curves = plan_curves(ds, plan, facet, plan.curve)
+    colors = _colors(len(curves))
+    panels = [(name, ylabel) for name, ylabel in (
+        ("sharpness", "sharpness λ_max(∇²L)"),
+        ("precond_sharpness", "Adam: λ_max(λ D⁻¹ ∇²L)"),
+        ("train_ntk_top", "training-set NTK λ_max(J Jᵀ/n)"),
+        ("train_loss", "training loss")) if has(ds, name)]
+    fig = Figure(figsize=(3.8 * len(panels), 3.8))
+    axs = np.atleast_1d(fig.subplots(1, len(panels)))
+    with _quiet():
+        for ax, (name, ylabel) in zip(axs, panels):
+            for (label, sub), color in zip(curves, colors):
+                mean, std = mean_std(sub[name], plan.reps)
+                e, m, sd = _finite_xy(sub["epoch"].values, mean.values, std.values)
+                if not e.size:
+                    continue
+                ax.plot(e, m, color=color, label=label, marker="." if e.size < 60 else None)
+                _band(ax, e, m, sd, color)
+                lr = float(np.nanmean(sub["lr"].values)) if "lr" in sub else np.nan
+                sharp, pre = stability_thresholds(ds, lr)
+                level = {"sharpness": sharp, "train_ntk_top": sharp,
+                         "precond_sharpness": pre}.get(name, np.nan)
+                if np.isfinite(level):
+                    ax.axhline(level, color=color, linestyle="--", linewidth=1)
+            if name in ("train_loss",):
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.set_title(ylabel, fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    opt = ds.attrs.get("optimizer", "?")
+    rule = ("dashed: 2(1+β)/η, the stability threshold of GD with momentum β" if opt == "sgd"
+            else "dashed: 2(1+β₁)/((1−β₁)η), Adam's threshold (38/η at β₁ = 0.9)")
+    fig.suptitle("Sharpness and the NTK's top eigenvalue" + (f" ({title})" if title else "")
+                 + f"; {rule}", fontsize=9)
+    return _save(fig, out_dir / f"fig_sharpness{suffix}.png")

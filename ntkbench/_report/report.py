@@ -28,6 +28,7 @@ from ntkbench._report.figures import (
     fig4_noise,
     fig8_alignment,
     fig_losses,
+    fig_sharpness,
     has,
     masked,
 )
@@ -133,6 +134,10 @@ def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int):
         paths += [fig8_alignment(ds, plan, f, out_dir) for f in facets]
     else:
         skipped.append("Fig. 8 (alignment): no NTK was recorded")
+    if has(ds, "sharpness"):
+        paths += [fig_sharpness(ds, plan, f, out_dir) for f in facets]
+    else:
+        skipped.append("Sharpness: no curvature was recorded (config.curvature_every = 0)")
     if wide and (has(ds, "kernel_distance_star") or has(ds, "lin_output_gap_star")):
         paths.append(fig_laziness(ds, plan, out_dir, fit_rows, [], num_bootstrap, seed))
     else:

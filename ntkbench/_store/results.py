@@ -40,7 +40,9 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
         c = stored(manifest["config"])
         ds.attrs.update(name=c.name, dataset=c.dataset, model=c.model, epochs=c.epochs,
                         ntk_every=c.ntk_every, eval_every=c.eval_every,
-                        ntk_epochs=list(c.ntk_epochs()), workdir=wd.path)
+                        ntk_epochs=list(c.ntk_epochs()), workdir=wd.path,
+                        optimizer=c.optimizer, b1=c.b1, momentum=c.momentum, loss=c.loss,
+                        curvature_every=c.curvature_every)
     if summaries:
         ds = summarize(ds)
     return ds

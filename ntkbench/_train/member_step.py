@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool
 
+from ntkbench import kernels
 from ntkbench._config import SweepConfig
 from ntkbench._train.state import PackData
 
@@ -164,3 +165,28 @@ def apply_updates(optim: optax.GradientTransformation, lr, model, opt_state, gra
     p, o, lp, lo = jax.lax.map(one, (params, opt_state, grads, lin_params, lin_opt, lin_grads,
                                      lr))
     return eqx.combine(p, static), o, lp, lo
+
+
+def curvature_member(config: SweepConfig, model, opt_state, rate, data: PackData, m_idx, m_x,
+                     m_w, key) -> dict:
+    """The curvature record of one member (docs/definitions.md §16): the top eigenvalue of the
+    Hessian of its full-batch training loss (the sharpness), of the training-set NTK `J Jᵀ / n`
+    (the Gauss-Newton matrix of MSE), and, for Adam, of the preconditioned Hessian `λ D⁻¹ H`
+    (`D = sqrt(v̂) + ε` from the optimizer state: the `v̂` of the last step, NaN before the
+    first; `λ` the per-layer learning-rate multipliers of the parametrization, 1 for SP), each
+    with its Lanczos residual. `rate` is the member's learning rate of every parameter."""
+    x, y = member_inputs(data, m_idx, m_x, slice(None))
+    loss_fn = lambda m: member_loss(m, x, y, m_w, loss=config.loss)[0]
+    k_h, k_p, k_n = jax.random.split(key, 3)
+    steps = config.curvature_steps
+    h = kernels.hessian_top_eigen(loss_fn, model, key=k_h, num_steps=steps)
+    n = kernels.ntk_top_eigen(model, x, m_w, key=k_n, num_steps=steps)
+    out = {"sharpness": h.value, "sharpness_residual": h.residual,
+           "train_ntk_top": n.value, "train_ntk_top_residual": n.residual}
+    if config.optimizer == "adam":
+        base = jax.tree.leaves(rate)[0]  # every rate over the member's point rate is its λ
+        d = kernels.adam_preconditioner(opt_state, b2=config.b2)
+        d = jax.tree.map(lambda di, r: di * (base / r), d, rate)
+        p = kernels.preconditioned_top_eigen(loss_fn, model, d, key=k_p, num_steps=steps)
+        out.update(precond_sharpness=p.value, precond_sharpness_residual=p.residual)
+    return out

@@ -9,7 +9,8 @@ plan, and adding widths or seeds never changes existing members:
 - data (the training subset): `(n_train, data_draw)`, plus `seed` with `data_per_seed`;
 - noise (the noisy replacement): the data coordinates and the noise level;
 - shuffle (minibatch order): the init coordinates and the data ones;
-- ntk (matrix-free probes): the init and data coordinates.
+- ntk (matrix-free probes): the init and data coordinates;
+- curvature (Lanczos start vectors of the curvature records): the same coordinates.
 
 The parametrization is in no key: the members of one point under `standard`, `ntk` and `mup`
 draw the same weights (scaled by each parametrization's init gain), a paired comparison; and a
@@ -29,7 +30,8 @@ import numpy as np
 from ntkbench._config import AXES, SweepConfig
 
 _INIT_TAG, _DATA_TAG, _SHUFFLE_TAG, _TEST_TAG, _NOISE_TAG, _NTK_TAG, _EVAL_TAG = range(7)
-KEY_KINDS = ("init", "data", "noise", "shuffle", "ntk")
+_CURVATURE_TAG = 7
+KEY_KINDS = ("init", "data", "noise", "shuffle", "ntk", "curvature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,7 @@ def _key_ints(config: SweepConfig, m: Member) -> dict[str, tuple[int, ...]]:
         "noise": (_NOISE_TAG, *data, _noise_code(m.noise)),
         "shuffle": (_SHUFFLE_TAG, m.depth, m.width, m.seed, *data, _noise_code(m.noise)),
         "ntk": (_NTK_TAG, *init, *data, _noise_code(m.noise)),
+        "curvature": (_CURVATURE_TAG, *init, *data, _noise_code(m.noise)),
     }
 
 

@@ -129,6 +129,8 @@ def build_data(config: SweepConfig, pack: Pack, sweep: SweepData) -> PackData:
         x_ntk=jnp.asarray(x_test[sweep.ntk_idx]), y_ntk=jnp.asarray(data.y_test[sweep.ntk_idx]),
         eval_epochs=jnp.asarray(_flags(config.eval_epochs(), config.num_records)),
         ntk_epochs=jnp.asarray(_flags(config.ntk_epochs(), config.num_records)),
+        curvature_epochs=jnp.asarray(_flags(config.curvature_epochs(), config.num_records)),
+        curvature_key=keys["curvature"] if config.curvature_every > 0 else None,
         lr=None, init=None, record=None)
 
 

@@ -30,10 +30,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from ntkbench import kernels
 from ntkbench._config import LINEARIZED, TEST_METRICS, SweepConfig
 from ntkbench._record import Recorder
 from ntkbench._train.member_step import (
     apply_updates,
+    curvature_member,
     evaluate_member,
     grads_member,
     lin_member_loss,
@@ -163,6 +165,23 @@ class PackProgram:
                     jnp.where(better, test_loss, b.loss),
                     jnp.where(better, state.epoch, b.epoch))
 
+    def _curvature(self, state: PackState, data: PackData, do_record):
+        """The curvature record of every member when `do_record`, NaN otherwise (none without
+        `curvature_every`). Members run one at a time on CPUs (`kernels.pack_map`): every
+        Lanczos step ends in a small batched eigendecomposition."""
+        if self.config.curvature_every <= 0:
+            return {}
+        def one(t):
+            model, opt, rate, idx, xm, w, key = t
+            key = jax.random.fold_in(key, state.epoch)
+            return curvature_member(self.config, model, opt, rate, data, idx, xm, w, key)
+
+        args = (state.model, state.opt_state, data.lr, data.idx, data.x_member, data.weight,
+                data.curvature_key)
+        run = lambda _: kernels.pack_map(one, args, sequential=self.sequential)
+        skip = lambda _: _nan(jax.eval_shape(run, None))
+        return jax.lax.cond(do_record, run, skip, None)
+
     def _ntk(self, state: PackState, data: PackData, do_record):
         """The NTK record of every member when `do_record`, NaN otherwise."""
         if self.recorder is None:
@@ -222,8 +241,9 @@ class PackProgram:
         test = self._eval_all(st, data, data.eval_epochs[st.epoch])
         best = self._track_best(st, jnp.where(st.diverged, jnp.nan, test["test_loss"]))
         ntk, record = self._ntk(st, data, data.ntk_epochs[st.epoch])
+        curvature = self._curvature(st, data, data.curvature_epochs[st.epoch])
         # Members frozen before this epoch read NaN; one that diverges now shows its metrics.
-        out = self._mask({**metrics, **test, **ntk}, st.diverged)
+        out = self._mask({**metrics, **test, **ntk, **curvature}, st.diverged)
         diverged = st.diverged | ~ok
         model = eqx.combine(where_members(diverged, params_of(st.model), params_of(model)),
                             eqx.filter(st.model, eqx.is_inexact_array, inverse=True))
@@ -249,7 +269,8 @@ class PackProgram:
         test = self._eval_all(state, data, jnp.asarray(True))
         best = self._track_best(state, jnp.where(state.diverged, jnp.nan, test["test_loss"]))
         ntk, _ = self._ntk(state, data, jnp.asarray(True))
-        final = self._mask({**train, **test, **ntk}, state.diverged)
+        curvature = self._curvature(state, data, jnp.asarray(True))
+        final = self._mask({**train, **test, **ntk, **curvature}, state.diverged)
         static = eqx.filter(state.model, eqx.is_inexact_array, inverse=True)
         best_model = eqx.combine(best.params, static)
         found = best.epoch >= 0

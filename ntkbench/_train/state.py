@@ -32,12 +32,15 @@ class PackData(NamedTuple):
     y_ntk: Int[Array, " t"]
     eval_epochs: Bool[Array, " e"]  # whether record k is evaluated
     ntk_epochs: Bool[Array, " e"]  # whether record k has an NTK
+    curvature_epochs: Bool[Array, " e"]  # whether record k has curvature
+    curvature_key: Any  # per-member keys of the curvature records' start vectors, or None
     lr: Any  # every member's learning rate of every parameter: a tree like the parameters, (m,)
     init: Any  # trainable parameters at initialization (linearized model), or None
     record: Any  # per-member constants of the NTK record (`Recorder.prepare`), or None
 
 
-SHARED = ("x", "y", "x_eval", "y_eval", "w_eval", "x_ntk", "y_ntk", "eval_epochs", "ntk_epochs")
+SHARED = ("x", "y", "x_eval", "y_eval", "w_eval", "x_ntk", "y_ntk", "eval_epochs", "ntk_epochs",
+          "curvature_epochs")
 
 
 class Best(NamedTuple):
