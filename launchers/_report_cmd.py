@@ -157,7 +157,7 @@ def _write_config(path: str, base: str, cal) -> None:
         "    c = _base()",
         "    with c.unlocked():",
         f"        c.lr_by = {','.join(cal.by)!r}",
-        f"        c.lr_table = {tuple(cal.table())!r}",
+        f"        c.lr_table = {cal.table()!r}",
         "    return c", ""]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

@@ -27,20 +27,27 @@ def _config(**kw):
 # ------------------------------------------------------------------------------ the table
 def test_table_lookup_and_validation():
     c = ntkbench.preset("smoke", widths=(4, 8, 16), depth=(2, 3), lr_by="depth,width",
-                        lr_table=(1, 2, 3, 4, 5, 6))
-    assert c.lr_of({"depth": 3, "width": 8}) == 5  # row-major over depth, then width
+                        lr_table="3/8=5, 2/4=1, 2/8=2, 2/16=3, 3/4=4, 3/16=6, 9/9=7")
+    assert c.lr_of({"depth": 3, "width": 8}) == 5
     assert list(c.lr_points()) == [(2, 4), (2, 8), (2, 16), (3, 4), (3, 8), (3, 16)]
+    # Canonical: the sweep's points only, in grid order (the extra 9/9 is dropped).
+    assert c.lr_table == "2/4=1.0, 2/8=2.0, 2/16=3.0, 3/4=4.0, 3/8=5.0, 3/16=6.0"
+    # A preset's table still fits when the axis is overridden with fewer values.
+    q = ntkbench.preset("quick", widths=(8, 512))
+    assert q.lr_table == "8=0.003, 512=0.0002"
     assert ntkbench.preset("smoke").lr_of({"width": 4}) == ntkbench.preset("smoke").lr
-    for kw, needle in [(dict(lr_by="width", lr_table=(1e-3,)), "needs 2"),
-                       (dict(lr_by="seed", lr_table=(1e-3, 1e-3)), "distinct axes among"),
-                       (dict(lr_by="width,width", lr_table=(1e-3,) * 4), "distinct axes"),
-                       (dict(lr_table=(1e-3, 1e-3)), "go together"),
-                       (dict(lr_by="width", lr_table=(1e-3, -1.0)), "positive")]:
+    for kw, needle in [(dict(lr_by="width", lr_table="4=1e-3"), "no learning rate for 16"),
+                       (dict(lr_by="seed", lr_table="0=1e-3"), "distinct axes among"),
+                       (dict(lr_by="width,width", lr_table="4/4=1e-3"), "distinct axes"),
+                       (dict(lr_table="4=1e-3"), "go together"),
+                       (dict(lr_by="width", lr_table="4=1e-3, 16=-1"), "positive"),
+                       (dict(lr_by="width", lr_table="4:1e-3"), "must read VALUE=LR"),
+                       (dict(lr_by="width", lr_table="four=1e-3"), "must be values")]:
         with pytest.raises(ntkbench.ConfigError, match=needle):
             ntkbench.preset("smoke", **kw)
-    # `dataclasses.replace` validates too: a table must follow a change of the axis.
-    with pytest.raises(ntkbench.ConfigError, match="needs 3"):
-        dataclasses.replace(ntkbench.preset("smoke", lr_by="width", lr_table=(1, 2)),
+    # `dataclasses.replace` validates too: the table must cover a grown axis.
+    with pytest.raises(ntkbench.ConfigError, match="no learning rate for 8"):
+        dataclasses.replace(ntkbench.preset("smoke", lr_by="width", lr_table="4=1, 16=2"),
                             widths=(4, 8, 16))
 
 
@@ -49,7 +56,7 @@ def test_table_lookup_and_validation():
 def runs(tmp_path_factory):
     """One pack of widths 12 and 16 at two rates, and each width alone at its rate."""
     root = tmp_path_factory.mktemp("lr")
-    table = dict(lr_by="width", lr_table=(3e-3, 1e-2))
+    table = dict(lr_by="width", lr_table="12=3e-3, 16=1e-2")
     joint = _config(**table, min_pack_efficiency=0.01, max_packs_per_group=1)
     ntkbench.run(joint, str(root / "joint"), hooks=QUIET)
     ntkbench.run(_config(widths=(16,), lr=1e-2), str(root / "w16"), hooks=QUIET)
@@ -76,7 +83,7 @@ def test_manifest_and_results_record_the_rates(runs):
     root, joint = runs
     manifest = json.loads((root / "joint" / "manifest.json").read_text())
     assert manifest["config"]["lr_by"] == "width"
-    assert manifest["config"]["lr_table"] == [3e-3, 1e-2]
+    assert manifest["config"]["lr_table"] == "12=0.003, 16=0.01"
     ds = ntkbench.load(str(root / "joint"))
     assert ds["lr"].dims == tuple(d for d in ds["test_loss"].dims if d != "epoch")
     np.testing.assert_array_equal(ds["lr"].sel(width=12).values, np.float32(3e-3))
@@ -104,14 +111,14 @@ def test_resume_with_a_table_is_bit_identical(runs, tmp_path):
 
 
 def test_extension_keeps_the_existing_rates(tmp_path):
-    old = _config(widths=(12,), lr_by="width", lr_table=(3e-3,), epochs=4, chunk_epochs=4)
+    old = _config(widths=(12,), lr_by="width", lr_table="12=3e-3", epochs=4, chunk_epochs=4)
     w = str(tmp_path / "w")
     ntkbench.run(old, w, hooks=QUIET)
-    grown = dataclasses.replace(old, widths=(12, 16), lr_table=(3e-3, 1e-2))
+    grown = dataclasses.replace(old, widths=(12, 16), lr_table="12=3e-3, 16=1e-2")
     ntkbench.run(grown, w, hooks=QUIET, extend=True)
     ds = ntkbench.load(w, summaries=False)
     np.testing.assert_array_equal(ds["lr"].sel(width=16).values, np.float32(1e-2))
-    changed = dataclasses.replace(old, widths=(12, 16, 20), lr_table=(1e-3, 1e-2, 1e-2))
+    changed = dataclasses.replace(old, widths=(12, 16, 20), lr_table="12=1e-3, 16=1e-2, 20=1e-2")
     with pytest.raises(ntkbench.WorkdirError, match="changes the learning rate of the existing"):
         ntkbench.run(changed, w, hooks=QUIET, extend=True)
 
@@ -151,14 +158,14 @@ def test_calibrate_proposes_a_table_the_cli_can_apply(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "one lr per point of width:" in out
     override = next(line.strip() for line in out.splitlines() if "--config.lr_table" in line)
-    assert override.startswith("--config.lr_by=width --config.lr_table='(")
+    assert override.startswith("--config.lr_by=width --config.lr_table='4=")
     # The config file applies the same table, and a sweep runs from it.
     w = tmp_path / "run"
     assert main(["ntkbench", "run", f"--config={out_file}", f"--workdir={w}",
                  "--config.epochs=8", "--progress=none"]) == 0
     manifest = json.loads((w / "manifest.json").read_text())
-    table = override.split("lr_table='(")[1].rstrip(")'").split(", ")
-    assert manifest["config"]["lr_table"] == [float(v) for v in table]
+    table = override.split("lr_table='")[1].rstrip("'")
+    assert manifest["config"]["lr_table"] == table
 
 
 # ------------------------------------------------------------------------------ the report

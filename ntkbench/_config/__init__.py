@@ -30,6 +30,7 @@ from ntkbench._config.config import (
     Parametrization,
     SweepConfig,
     extend,
+    format_lr_table,
     from_config_dict,
     parse_shard,
     same_sweep,
@@ -84,7 +85,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "CURVATURE", "CURVATURE_ADAM", "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "format_lr_table", "CURVATURE", "CURVATURE_ADAM", "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

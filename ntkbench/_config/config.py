@@ -115,7 +115,7 @@ class SweepConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     lr_by: str = ""
-    lr_table: tuple[float, ...] = ()
+    lr_table: str = ""
     b1: float = 0.9
     b2: float = 0.999
     momentum: float = 0.9
@@ -172,25 +172,21 @@ class SweepConfig:
 
     def lr_of(self, point: dict[str, Any] | Any) -> float:
         """The learning rate of a sweep point (a member, or a dict of its axis values): its entry
-        of `lr_table`, whose order is row-major over the values of `lr_axes()`, or `lr`.
+        of `lr_table` (keyed by its values of the `lr_axes()`), or `lr` without a table.
 
         Example:
-            >>> c = SweepConfig(widths=(8, 64), lr_by="width", lr_table=(3e-3, 1e-3))
+            >>> c = SweepConfig(widths=(8, 64), lr_by="width", lr_table="8=3e-3, 64=1e-3")
             >>> c.lr_of({"width": 64, "depth": 3})
             0.001
         """
         axes = self.lr_axes()
         if not axes:
             return self.lr
-        values = self.axis_values()
         get = point.get if isinstance(point, dict) else lambda a: getattr(point, a)
-        flat = 0
-        for a in axes:
-            flat = flat * len(values[a]) + values[a].index(get(a))
-        return self.lr_table[flat]
+        return _parse_lr_table(self.lr_table, axes)[tuple(get(a) for a in axes)]
 
     def lr_points(self) -> dict[tuple, float]:
-        """Every point of the `lr_axes()` grid with its learning rate, in table order."""
+        """Every point of the `lr_axes()` grid of this sweep with its learning rate."""
         axes = self.lr_axes()
         values = self.axis_values()
         points = itertools.product(*(values[a] for a in axes))
@@ -388,9 +384,9 @@ def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
                               f"config.{name} >= {a[name]}.")
         merged[name] = b[name]
     axes = old.lr_axes()
-    if axes:  # realign the table with the merged axis order; old points keep their rates
-        grown = dataclasses.replace(old, lr_by="", lr_table=(), **merged).axis_values()
-        table = []
+    if axes:  # the table of the grown grid; the existing points keep their rates
+        grown = dataclasses.replace(old, lr_by="", lr_table="", **merged).axis_values()
+        table = {}
         for point in itertools.product(*(grown[ax] for ax in axes)):
             p = dict(zip(axes, point))
             if all(p[ax] in old.axis_values()[ax] for ax in axes) and (
@@ -398,8 +394,8 @@ def extend(old: SweepConfig, new: SweepConfig) -> SweepConfig:
                 raise ConfigError(f"config.lr_table changes the learning rate of the existing "
                                   f"point {p} from {old.lr_of(p)} to {new.lr_of(p)}; an "
                                   "extension keeps existing members as they are.")
-            table.append(new.lr_of(p))
-        merged["lr_table"] = tuple(table)
+            table[point] = new.lr_of(p)
+        merged["lr_table"] = format_lr_table(table)
     return dataclasses.replace(old, **{k: getattr(new, k) for k in RUN_SETTINGS}, **merged)
 
 
@@ -419,24 +415,60 @@ def _one_of(c: SweepConfig, name: str, choices: Sequence[str]) -> None:
                              f"{', '.join(choices)}.")
 
 
+_AXIS_KIND = {"parametrization": str, "depth": int, "width": int, "n_train": int,
+              "noise": float}
+
+
+def _parse_lr_table(text: str, axes: Sequence[str]) -> dict[tuple, float]:
+    """`{point: lr}` of a table `"v1/v2=lr, ..."` (a point's values of `axes`, joined by `/`)."""
+    table = {}
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        key, sep, rate = entry.partition("=")
+        parts = [v.strip().strip("'\"") for v in key.split("/")]
+        if not sep or len(parts) != len(axes):
+            raise ConfigError(
+                f"config.lr_table entry {entry!r} must read VALUE=LR with one value per lr_by "
+                f"axis ({'/'.join(axes)}), e.g. lr_table='{'/'.join(['8'] * len(axes))}=1e-3'.")
+        try:
+            point = tuple(_AXIS_KIND[a](v) for a, v in zip(axes, parts))
+            table[point] = float(rate)
+        except ValueError:
+            raise ConfigError(f"config.lr_table entry {entry!r}: {'/'.join(parts)} must be "
+                              f"values of {'/'.join(axes)} and {rate.strip()!r} a number."
+                              ) from None
+    return table
+
+
+def format_lr_table(table: dict[tuple, float]) -> str:
+    """A learning-rate table in its canonical text form (`"8=0.003, 64=0.001"`)."""
+    return ", ".join(f"{'/'.join(str(v) for v in point)}={rate!r}"
+                     for point, rate in table.items())
+
+
 def _check_lr_table(c: SweepConfig) -> None:
+    """Checks `lr_by`/`lr_table`, and keeps of the table exactly the sweep's points, in grid
+    order and canonical form: a table may list more points (a preset's table stays valid when
+    the axis is overridden with fewer values), and the fingerprint sees only the rates used."""
     axes = c.lr_axes()
     _check(all(a in LR_AXES for a in axes) and len(set(axes)) == len(axes),
            f"config.lr_by={c.lr_by!r} must name distinct axes among {', '.join(LR_AXES)}, "
            "separated by commas, e.g. lr_by='width' or lr_by='depth,width'.")
-    _check(bool(axes) == bool(c.lr_table),
+    _check(bool(axes) == bool(c.lr_table.strip()),
            "config.lr_table and config.lr_by go together: lr_by names the axes, lr_table gives "
-           "one learning rate per point of them (e.g. lr_by='width', lr_table=(3e-3, 1e-3) for "
-           "widths (8, 64)); leave both empty for one lr everywhere.")
-    if axes:
-        values = c.axis_values()
-        need = math.prod(len(values[a]) for a in axes)
-        listing = " x ".join(f"{a} {values[a]}" for a in axes)
-        _check(len(c.lr_table) == need,
-               f"config.lr_table has {len(c.lr_table)} entries but lr_by={c.lr_by!r} needs "
-               f"{need}, one per point of {listing}, in that (row-major) order.")
-        _check(all(math.isfinite(v) and v > 0 for v in c.lr_table),
-               f"config.lr_table={c.lr_table} must hold positive numbers.")
+           "a learning rate per point of them (e.g. lr_by='width', lr_table='8=3e-3, 64=1e-3');"
+           " leave both empty for one lr everywhere.")
+    if not axes:
+        return
+    table = _parse_lr_table(c.lr_table, axes)
+    values = c.axis_values()
+    points = list(itertools.product(*(values[a] for a in axes)))
+    missing = ["/".join(map(str, p)) for p in points if p not in table]
+    more = " ..." if len(missing) > 4 else ""
+    _check(not missing, f"config.lr_table has no learning rate for {', '.join(missing[:4])}{more}"
+           f" ({'/'.join(axes)}); add an entry VALUE=LR for each point of the sweep.")
+    _check(all(math.isfinite(table[p]) and table[p] > 0 for p in points),
+           f"config.lr_table={c.lr_table!r} must give positive numbers.")
+    object.__setattr__(c, "lr_table", format_lr_table({p: table[p] for p in points}))
 
 
 def validate(c: SweepConfig) -> None:

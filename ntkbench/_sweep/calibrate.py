@@ -38,7 +38,13 @@ from ntkbench._analysis import (
     default_window,
     kstar_table,
 )
-from ntkbench._config import LR_AXES, ConfigError, SweepConfig, from_config_dict
+from ntkbench._config import (
+    LR_AXES,
+    ConfigError,
+    SweepConfig,
+    format_lr_table,
+    from_config_dict,
+)
 from ntkbench._store import load
 from ntkbench._sweep.sweep import run
 
@@ -237,14 +243,14 @@ class Calibration:
     workdir: str
     verified: tuple[KStar, ...] | None = None  # k* of the proposed table, when verified
 
-    def table(self) -> tuple[float, ...]:
-        """The proposed rates in `lr_table` order (row-major over `by`)."""
-        return tuple(p.lr for p in self.proposals)
+    def table(self) -> str:
+        """The proposed rates as a `lr_table` (`"8=0.003, 16=0.001, ..."`, keyed by `by`)."""
+        return format_lr_table({tuple(v for _, v in p.point): float(f"{p.lr:.3g}")
+                                for p in self.proposals})
 
     def override(self) -> str:
         """The proposal as command-line overrides of `ntkbench run`."""
-        return (f"--config.lr_by={','.join(self.by)} "
-                f"--config.lr_table='({', '.join(f'{v:g}' for v in self.table())})'")
+        return f"--config.lr_by={','.join(self.by)} --config.lr_table='{self.table()}'"
 
     def apply(self, config: SweepConfig) -> SweepConfig:
         """`config` with the proposed per-point learning rates."""
@@ -281,7 +287,7 @@ def pilot_config(config: SweepConfig, lr: float, num_seeds: int) -> SweepConfig:
     what a pilot trains (every point of the sweep, so that each gets its own proposal)."""
     return dataclasses.replace(
         config, name=f"{config.name}-calibrate", num_seeds=num_seeds, num_data_draws=1,
-        lr=float(lr), lr_by="", lr_table=(), ntk_every=0, ntk_early_every=0,
+        lr=float(lr), lr_by="", lr_table="", ntk_every=0, ntk_early_every=0,
         ntk_early_until=0, layer_ntks=False, kernel_velocity=False, linearized=False)
 
 
