@@ -1,8 +1,9 @@
 """Convergence and cost of the matrix-free curvature kernels (`ntkbench.kernels`: the top
 eigenvalue of the loss Hessian, of Adam's preconditioned `D⁻¹H` and of the training-set NTK).
 
-    python benchmarks/bench_curvature.py               # about a minute on a laptop CPU
+    python benchmarks/bench_curvature.py               # about two minutes on a laptop CPU
     python benchmarks/bench_curvature.py --repeats 20
+    python benchmarks/bench_curvature.py --part record # part 3 only: a sweep's record cost
 
 The setting: a pack of 4 ReLU MLPs (`ntkbench.models.MLP`: 64 inputs, width 256, depth 3,
 10 logits, LeCun normal; P = 150,794 parameters each, seeds 0-3) trained for 50 full-batch Adam
@@ -23,6 +24,9 @@ one call of each quantity at the default steps (and their sum), and of the NTK t
 64 test digits (the NTK record set), against one training step of the pack (forward and backward
 on the 100 samples and the Adam update), timed in rounds that interleave all programs; ratios
 to the training step, and the first call's time (compilation included).
+
+Part 3, a record's cost in a sweep: the pack program of `quick`'s shapes (4 MLPs of width 256)
+over 9 epochs holding one NTK record, with and without a curvature record at the same epoch.
 """
 
 from __future__ import annotations
@@ -199,10 +203,47 @@ def cost(pack, state, x, y, w, x_ntk, repeats: int) -> None:
         print(f"{name:<18}{1e3 * t:>10.2f}{t / base:>14.1f}{c:>14.1f}")
 
 
+def record_cost(repeats: int) -> None:
+    """Part 3: a sweep's own pack program (quick's shapes: a pack of 4 MLPs of width 256, depth
+    3, 100 digits, test loss every epoch, an NTK record on 64 test digits) over 9 epochs holding
+    one NTK record, against the same chunk with one curvature record too."""
+    import ntkbench
+
+    programs = {}
+    for name, curvature in (("NTK record", 0), ("NTK + curvature record", 10)):
+        c = ntkbench.preset("quick", widths=(WIDTH,), num_seeds=MEMBERS, epochs=10,
+                            chunk_epochs=10, ntk_every=10, curvature_every=curvature)
+        ready = ntkbench.build_pack(c, runtime=ntkbench.Runtime())
+
+        def chunk(r=ready):  # records 0..8 hold one NTK (and one curvature) record; the state
+            fresh = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, r.state)
+            return r.program.train_chunk(r.data, fresh, 9)  # is donated: a fresh copy
+
+        t = time.perf_counter()
+        jax.block_until_ready(chunk())
+        programs[name] = (chunk, time.perf_counter() - t)
+    times = {n: [] for n in programs}
+    for _ in range(repeats):
+        for name, (chunk, _) in programs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(chunk())
+            times[name].append(time.perf_counter() - t)
+    ref = statistics.median(times["NTK record"])
+    print(f"\nPart 3: pack program of quick's shapes, 9 epochs, one record (median of {repeats})")
+    print(f"{'chunk':<26}{'s':>8}{'x NTK-only chunk':>18}{'first call s':>14}")
+    for name, (_, first) in programs.items():
+        t = statistics.median(times[name])
+        print(f"{name:<26}{t:>8.3f}{t / ref:>18.2f}{first:>14.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--part", choices=("all", "kernels", "record"), default="all")
     args = parser.parse_args()
+    if args.part == "record":
+        record_cost(args.repeats)
+        return
     t0 = time.perf_counter()
     print(f"backend: {jax.default_backend()}, devices: {jax.devices()}")
     print(f"pack: {MEMBERS} MLPs 64-{WIDTH}x{DEPTH}-{CLASSES}, {N_TRAIN} training digits, "
@@ -214,6 +255,8 @@ def main() -> None:
     cost(pack, state, x, y, w, x_ntk, args.repeats)
     t2 = time.perf_counter()
     print(f"\ntotal {t2 - t0:.0f} s (convergence {t1 - t0:.0f} s, cost {t2 - t1:.0f} s)")
+    if args.part == "all":
+        record_cost(args.repeats)
 
 
 if __name__ == "__main__":
