@@ -101,6 +101,8 @@ def calibrate(argv: list[str]) -> int:
         _define_calibrate(fv)
 
     fv = parse(strip_config(argv), define)
+    with fv.config.unlocked():  # the pilots set the learning rate: a preset's table is moot
+        fv.config.lr_by, fv.config.lr_table = "", ""
     try:
         config = ntkbench.from_config_dict(fv.config)
     except ntkbench.ConfigError as e:

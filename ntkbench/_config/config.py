@@ -465,7 +465,8 @@ def _check_lr_table(c: SweepConfig) -> None:
     missing = ["/".join(map(str, p)) for p in points if p not in table]
     more = " ..." if len(missing) > 4 else ""
     _check(not missing, f"config.lr_table has no learning rate for {', '.join(missing[:4])}{more}"
-           f" ({'/'.join(axes)}); add an entry VALUE=LR for each point of the sweep.")
+           f" ({'/'.join(axes)}); add an entry VALUE=LR for each point of the sweep, or drop "
+           "the table (lr_by='', lr_table='') for one lr everywhere.")
     _check(all(math.isfinite(table[p]) and table[p] > 0 for p in points),
            f"config.lr_table={c.lr_table!r} must give positive numbers.")
     object.__setattr__(c, "lr_table", format_lr_table({p: table[p] for p in points}))
