@@ -99,9 +99,10 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
     fingerprint = data.fingerprint()
     check_data_fingerprint(previous, fingerprint, wd.path)
     family = model_family(config, data, model_fn)
-    check_fits(config, family, runtime.device_memory)
     plan, num_old = plan_sweep(config, family, previous, runtime.num_devices)
     mine = shard_packs(plan, shard)
+    check_fits(config, family, runtime, mine,
+               data_bytes=data.x_train.nbytes + data.x_test.nbytes)
     # Every process has checked the workdir before process 0 writes to it.
     runtime.sync("ntkbench-workdir-checked")
     lock = wd.lock(shard) if runtime.primary else contextlib.nullcontext()
