@@ -432,6 +432,8 @@ class ResultsStore:
         arr = self.arrays[name]
         key = (name, index)
         if key not in self._held:
+            if start > 0:  # not retrained from the start: it stays lost (found again later)
+                return None
             self._held[key] = np.full(arr[index].shape, _FILL["float32"], np.float32)
         held = self._held[key]
         held[(slice(start, start + values.shape[0]),)
@@ -507,6 +509,11 @@ class ResultsStore:
         """
         futures = []
         done = [self.last_record(index) for index in member_indices]
+        if last_record >= self.num_records - 1:  # complete: held chunks are whole by now
+            mine = set(member_indices)
+            for key in [k for k in self._held if k[1] in mine]:
+                futures.append((self._path(key[0]),
+                                self.arrays[key[0]][key[1]].write(self._held.pop(key))))
         if diverged is not None:
             for j, index in enumerate(member_indices):
                 new = np.uint8(bool(diverged[j]))
