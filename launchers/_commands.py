@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -66,7 +67,21 @@ def _run_flags(fv) -> None:
     flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace of one chunk (the "
                         "second of the first pack trained, or its first) to this directory "
                         "(Perfetto / TensorBoard).", flag_values=fv)
+    flags.DEFINE_bool("allow_runtime_change", False, "Continue a sweep whose records were "
+                      "computed on another runtime (device count, x64, XLA flags, versions); "
+                      "refused by default since its records would mix numerics. The change is "
+                      "recorded in the manifest and the results.", flag_values=fv)
     define_runtime_flags(fv)
+
+
+def _check_watchdog(fv) -> None:
+    """Bad watchdog values are bad input, found before anything starts."""
+    if not (math.isfinite(fv.watchdog_seconds) and fv.watchdog_seconds >= 0):
+        raise UsageError(f"--watchdog_seconds={fv.watchdog_seconds} must be a number of seconds "
+                         ">= 0 (0 disables the watchdog), e.g. --watchdog_seconds=1800.")
+    if not (math.isfinite(fv.watchdog_factor) and fv.watchdog_factor > 0):
+        raise UsageError(f"--watchdog_factor={fv.watchdog_factor} must be a positive number, "
+                         "e.g. --watchdog_factor=10.")
 
 
 def _trace_hook(trace_dir: str | None, chunk_to_trace: int):
@@ -97,6 +112,7 @@ def cmd_run(argv: list[str]) -> int:
         ntkbench.parse_shard(fv.shard)  # bad input fails before JAX starts
     except ntkbench.ConfigError as e:
         raise UsageError(str(e)) from None
+    _check_watchdog(fv)
     runtime = init_runtime(fv)
     display = ProgressDisplay(fv.progress, log=logging.info)
     watchdog = Watchdog(fv.watchdog_seconds, fv.watchdog_factor) if fv.watchdog_seconds else None
@@ -111,7 +127,8 @@ def cmd_run(argv: list[str]) -> int:
                            heartbeat=heartbeat)
     try:
         outcome = ntkbench.run(config, workdir, runtime=runtime, hooks=hooks, shard=fv.shard,
-                               extend=fv.extend, model_fn=model_fn)
+                               extend=fv.extend, model_fn=model_fn,
+                               allow_runtime_change=fv.allow_runtime_change)
     finally:
         display.close()
     if not runtime.primary:
@@ -147,7 +164,8 @@ def cmd_verify(argv: list[str]) -> int:
         print(f"{workdir}: {damage.describe()}.")
         return 0
     print(f"ntkbench: error: {damage.describe()}; rerun the sweep's `ntkbench run` command to "
-          "retrain exactly these packs.", file=sys.stderr)
+          "repair it (it rebuilds damaged metadata and coordinates from the manifest and "
+          "retrains exactly the packs that own lost values).", file=sys.stderr)
     return ntkbench.ExitStatus.INTEGRITY
 
 

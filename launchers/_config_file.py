@@ -75,6 +75,10 @@ def load_module(path: str):
     except SyntaxError as e:
         raise UsageError(f"config file {path} has a syntax error at line {e.lineno}: "
                          f"{e.msg}.") from None
+    except SystemExit as e:
+        raise UsageError(f"config file {path} called sys.exit({e.code!r}) while importing; a "
+                         "config file defines get_config() (and may define model_fn) and "
+                         "leaves the process alone.") from None
     except Exception as e:  # noqa: BLE001 - whatever the user's file raises
         raise UsageError(f"config file {path} raised {type(e).__name__} while importing: "
                          f"{_where(e)}.") from None
@@ -102,6 +106,9 @@ def preset_or_file(name: str):
     module = load_module(name)
     try:
         cd = module.get_config()
+    except SystemExit as e:
+        raise UsageError(f"get_config() of {name} called sys.exit({e.code!r}); return an "
+                         "ml_collections.ConfigDict instead.") from None
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"get_config() of {name} raised {type(e).__name__}: {_where(e)}."
                          ) from None

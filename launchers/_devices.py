@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 from absl import flags
 
@@ -41,8 +44,41 @@ def _default_cache() -> str:
     return os.path.join(base, "ntkbench", "xla")
 
 
+def check_xla_flags(environ=None) -> None:
+    """Refuse `XLA_FLAGS` that XLA cannot parse, with one line, before JAX starts: XLA itself
+    ends the process on an unknown or malformed flag (status 1, its own log line), so the flags
+    are tried first in a short child process (only when `XLA_FLAGS` is set; about a second).
+
+    Raises:
+        UsageError: naming the flag XLA refused.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("XLA_FLAGS", "").strip()
+    if not value:
+        return
+    env = {**environ, "JAX_PLATFORMS": "cpu"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # cannot tell: XLA will say it itself
+    if proc.returncode == 0:
+        return
+    found = re.findall(r"(Unknown flags? in XLA_FLAGS: .*|Couldn't interpret value .*)",
+                       proc.stderr)
+    if not found:
+        return  # another failure: not the flags'
+    raise UsageError(f"XLA_FLAGS={value!r} is refused by XLA ({found[0].strip().rstrip('.')}); "
+                     "correct or remove that flag (`XLA_FLAGS= ntkbench ...` runs without "
+                     "any).")
+
+
 def init_runtime(fv) -> ntkbench.Runtime:
     """Configure JAX from the flags, start the distributed runtime, and describe the devices."""
+    if fv.num_cpu_devices is not None and fv.num_cpu_devices < 1:
+        raise UsageError(f"--num_cpu_devices={fv.num_cpu_devices} must be at least 1 (fake CPU "
+                         "devices to test sharding), e.g. --num_cpu_devices=4.")
+    check_xla_flags()
     import jax
 
     if fv.num_cpu_devices:

@@ -51,12 +51,18 @@ def report(argv: list[str]) -> int:
                              "LO,HI with LO < HI, e.g. --kstar_window=400,1000.")
     kw = dict(allow_partial=fv.allow_partial, include_flagged=fv.include_flagged,
               kstar_window=None if window is None else tuple(window))
-    if len(datasets) == 1:
-        out = fv.out or os.path.join(fv.workdir[0], "report")
-        paths = ntkbench.write_report(datasets[0], out, **kw)
-    else:
-        out = fv.out or os.path.join(fv.workdir[0], "compare")
-        paths = ntkbench.write_comparison(datasets, out, **kw)
+    out = fv.out or os.path.join(fv.workdir[0], "report" if len(datasets) == 1 else "compare")
+    try:
+        if len(datasets) == 1:
+            paths = ntkbench.write_report(datasets[0], out, **kw)
+        else:
+            paths = ntkbench.write_comparison(datasets, out, **kw)
+    except OSError as e:
+        if isinstance(e, ntkbench.NtkbenchError):
+            raise
+        error = ntkbench.StorageError.of(out, e)
+        raise ntkbench.StorageError(f"{str(error).rstrip('.')}; or write the report elsewhere "
+                                    "with --out=DIR.") from None
     for p in paths:
         print(p)
     return 0

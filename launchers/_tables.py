@@ -51,4 +51,7 @@ def status_table(st: ntkbench.SweepStatus) -> str:
                      f"{fmt_time(st.member_epochs_left / max(rates))} at the latest pack's rate")
     if st.stale:
         lines.append("no process holds the workdir: rerun the same `ntkbench run` to resume")
+    if st.locked is None:
+        lines.append(f"{st.workdir}/.lock cannot be read (permission denied?): whether a run "
+                     "holds the workdir now is unknown; statuses are as their files say")
     return "\n".join(lines)

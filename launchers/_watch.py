@@ -1,14 +1,17 @@
 """Signals and the watchdog of `ntkbench run`: how a run stops, or notices it never will.
 
-- The first SIGTERM or SIGINT asks the sweep to stop at the next chunk boundary: it checkpoints,
-  flushes its results and exits with status 75 (resumable).
+- The first SIGTERM, SIGINT or SIGHUP (a closed terminal) asks the sweep to stop at the next
+  chunk boundary: it checkpoints, flushes its results and exits with status 75 (resumable).
 - A second one exits at once with status 75: what the last checkpoint holds is kept (records
   committed after it are checked bit for bit when the rerun writes them again).
 - The watchdog: a chunk (one compiled call) that has not returned after the bound exits the
   run with status 70 and one line naming the pack and chunk. The bound is `first_seconds` for a
   pack's first chunk (it compiles) and `max(min_seconds, factor x the slowest chunk of that
   pack so far)` afterwards. A hung XLA program cannot be interrupted from Python; leaving the
-  process is the only way out, and the run resumes from its last checkpoint.
+  process is the only way out, and the run resumes from its last checkpoint. Time the process
+  spends stopped (SIGSTOP, Ctrl-Z) does not count: the watchdog's thread ticks every `poll`
+  seconds, and a gap between two ticks longer than `max_gap` (no thread of the process ran)
+  counts as one tick. A suspended machine does not count either (the monotonic clock stops).
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ def _leave(message: str, status: int) -> None:
 
 
 class StopFlag:
-    """Set by the first SIGTERM/SIGINT; the second one leaves at once (status 75)."""
+    """Set by the first SIGTERM/SIGINT/SIGHUP; the second one leaves at once (status 75)."""
 
     def __init__(self, leave: Callable[[str, int], None] = _leave):
         self.set = False
         self.signal = None
         self._leave = leave
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -62,18 +65,36 @@ class Watchdog:
         first_seconds: bound of a pack's first chunk (it includes compiling).
         factor: later chunks may take this many times the slowest chunk of the pack so far.
         min_seconds: lower bound for later chunks.
+        max_gap: a gap between two looks at the clock longer than this means the process did
+            not run (stopped, or starved): it counts as one `poll`.
         clock, leave, poll: injected in tests.
     """
 
     def __init__(self, first_seconds: float = 1800.0, factor: float = 10.0,
                  min_seconds: float = 120.0, *, clock: Callable[[], float] = time.monotonic,
-                 leave: Callable[[str, int], None] = _leave, poll: float = 1.0):
+                 leave: Callable[[str, int], None] = _leave, poll: float = 1.0,
+                 max_gap: float = 10.0):
         self.first_seconds, self.factor, self.min_seconds = first_seconds, factor, min_seconds
         self._clock, self._leave, self._poll = clock, leave, poll
+        self._max_gap = max(max_gap, 2 * poll)
         self._lock = threading.Lock()
         self._running: tuple[int, int, float] | None = None  # (pack, chunk, start time)
         self._slowest: dict[int, float] = {}
         self._thread: threading.Thread | None = None
+        self._last = clock()  # the clock when last looked at
+        self._awake = 0.0  # seconds the process ran (gaps beyond max_gap left out)
+        self.suspended = 0.0  # seconds left out
+
+    def _now(self) -> float:
+        """The process's running time (call with the lock held)."""
+        now = self._clock()
+        gap = now - self._last
+        self._last = now
+        if gap > self._max_gap:
+            self.suspended += gap - self._poll
+            gap = self._poll
+        self._awake += max(gap, 0.0)
+        return self._awake
 
     def bound(self, pack_id: int) -> float:
         slowest = self._slowest.get(pack_id)
@@ -82,8 +103,8 @@ class Watchdog:
         return max(self.min_seconds, self.factor * slowest)
 
     def heartbeat(self, pack_id: int, chunk: int, what: str) -> None:
-        now = self._clock()
         with self._lock:
+            now = self._now()
             if what == "start":
                 self._running = (pack_id, chunk, now)
             elif self._running is not None:
@@ -98,10 +119,11 @@ class Watchdog:
     def check(self) -> None:
         """Leave (status 70) if the running chunk has outlived its bound."""
         with self._lock:
+            now = self._now()
             if self._running is None:
                 return
             pack_id, chunk, start = self._running
-            waited, bound = self._clock() - start, self.bound(pack_id)
+            waited, bound = now - start, self.bound(pack_id)
         if waited > bound:
             slowest = self._slowest.get(pack_id)
             seen = (f"its chunks took at most {slowest:.1f}s so far" if slowest is not None

@@ -17,7 +17,9 @@ the library receives a frozen `SweepConfig` and a `Runtime`.
 
 Exit statuses (docs/errors.md): 0 done; 2 bad input; 65 stored data inconsistent or damaged;
 70 hung (the watchdog); 74 a file could not be written or read; 75 interrupted, resumable.
-Every failure is one line on stderr, `ntkbench: error: ...`.
+Every failure is one line on stderr, `ntkbench: error: ...`. SIGINT (Ctrl-C), SIGTERM and SIGHUP
+end any command with one line and status 75 from the moment `main` starts (`run` then stops at
+its next chunk boundary with a checkpoint, `ntkbench.launchers._watch`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,23 @@ def _fail(message: str, code: int = ntkbench.ExitStatus.BAD_INPUT) -> int:
     return code
 
 
+class _Signal(KeyboardInterrupt):
+    """A SIGINT, SIGTERM or SIGHUP received while a command is not in a sweep's training loop
+    (which installs its own handlers): the command ends with one line and status 75."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal(signum, frame):
+    del frame
+    raise _Signal(signum)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class _OwnInfoOnly(std_logging.Filter):
     """Progress (INFO) from ntkbench only; libraries' INFO chatter (Orbax's per-save lines,
     JAX's backend probing) is dropped, their warnings and errors are kept."""
@@ -76,6 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"unknown command {given!r}; use one of: {', '.join(COMMANDS)} "
                      "(e.g. `ntkbench run --config=quick --workdir=runs/quick`).")
     command, rest = argv[1], [f"ntkbench {argv[1]}"] + argv[2:]
+    previous = {}
+    try:
+        for sig in _SIGNALS:
+            previous[sig] = signal.signal(sig, _raise_signal)
+    except ValueError:  # not the main thread (an embedding caller): its handlers stay
+        pass
+    try:
+        return _command(command, rest)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _command(command: str, rest: list[str]) -> int:
     if not flags.FLAGS.is_parsed():  # absl logging reads its own flags; we parse ours per command
         flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
@@ -83,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
         return getattr(_commands, f"cmd_{command}")(rest)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal before `run` trains (nothing lost)
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"ntkbench: interrupted by {name} (signal {int(signum)}) before `ntkbench "
+              f"{command}` finished; nothing stored was changed by it: rerun the same command.",
+              file=sys.stderr, flush=True)
+        return ntkbench.ExitStatus.INTERRUPTED
     except HelpRequested as e:
         print(e)
         return 0
@@ -96,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.option:
             message += f" (on the command line: pass --{e.option})"
         return _fail(message, e.exit_status)
+    except OSError as e:  # a file a command reads or writes (e.g. a report on a read-only disk)
+        error = ntkbench.StorageError.of(e.filename or "a file", e, "access")
+        return _fail(str(error), error.exit_status)
 
 
 def run_main() -> None:
@@ -104,7 +147,7 @@ def run_main() -> None:
     # The run is over and its status decided: a late SIGTERM/SIGINT (e.g. the second of two
     # sent just as the run stopped at a chunk boundary) must not turn status 75 into a death
     # by signal while the interpreter shuts down.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(status)
 

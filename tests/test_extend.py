@@ -10,7 +10,7 @@ import pytest
 import ntkbench
 from ntkbench import IntegrityError, WorkdirError
 from ntkbench import load as _load
-from ntkbench._config import AXES, EPOCH_VARIABLES, NTK_EXACT
+from ntkbench._config import AXES, EPOCH_VARIABLES, NTK_EXACT, SETTING_VARIABLES
 from ntkbench._store import ResultsStore
 from ntkbench.launchers.cli import main
 
@@ -32,9 +32,10 @@ def _run(config, workdir, **kw):
 
 
 def _record_files(workdir):
-    """Every stored chunk of the results (not metadata or coordinates): path -> (mtime, bytes)."""
+    """Every stored chunk of the results (not metadata, coordinates or the `lr` settings, which
+    are functions of the config, rewritten whole when the grid grows): path -> (mtime, bytes)."""
     root = os.path.join(workdir, "results")
-    coords = set(AXES) | {"epoch", "row", "col"}
+    coords = set(AXES) | {"epoch", "row", "col"} | set(SETTING_VARIABLES)
     out = {}
     for dirpath, _, files in os.walk(root):
         rel = os.path.relpath(dirpath, root).split(os.sep)[0]

@@ -28,7 +28,10 @@ class _Clock:
 
 
 def _watchdog(**kw):
+    """A watchdog on a fake clock; jumps of the clock are time the process ran (no gap limit)
+    unless `max_gap` is given."""
     clock, left = _Clock(), []
+    kw.setdefault("max_gap", float("inf"))
     dog = Watchdog(clock=clock, leave=lambda msg, status: left.append((msg, status)), **kw)
     dog._thread = object()  # no background thread: the test calls check() itself
     return dog, clock, left
@@ -64,15 +67,73 @@ def test_first_chunk_gets_the_compile_bound_later_ones_a_multiple_of_the_slowest
     assert not left
 
 
+def test_time_the_process_was_stopped_does_not_count():
+    """SIGSTOP (or Ctrl-Z) for longer than the bound, then SIGCONT: no thread ran meanwhile, so
+    the watchdog sees one long gap between two looks at the clock; it counts as one poll."""
+    dog, clock, left = _watchdog(first_seconds=100, factor=10, min_seconds=120, poll=1,
+                                 max_gap=10)
+    dog.heartbeat(0, 0, "start")
+    clock.t = 2.0
+    dog.heartbeat(0, 0, "end")
+    dog.heartbeat(0, 1, "start")
+    for _ in range(50):  # 50 s of ticks
+        clock.t += 1
+        dog.check()
+    clock.t += 500  # stopped for 500 s: no tick
+    dog.check()
+    assert not left and dog.suspended >= 499
+    for _ in range(60):  # running again: 50 + 1 + 60 s < 120 s
+        clock.t += 1
+        dog.check()
+    assert not left
+    for _ in range(20):  # now really hung: past 120 s of running time
+        clock.t += 1
+        dog.check()
+    (msg, status), = left[:1]
+    assert status == HUNG and "chunk 1 of pack 0" in msg
+
+
+_STOPPED_CHILD = """
+import sys, time
+from ntkbench.launchers._watch import Watchdog
+dog = Watchdog(first_seconds=3, poll=0.05, max_gap=0.5)
+dog.heartbeat(0, 0, "start")
+print("started", flush=True)
+t = time.monotonic()
+while time.monotonic() - t < 2.0:  # 2 s of work (the parent stops us for 4 s meanwhile)
+    time.sleep(0.01)
+dog.heartbeat(0, 0, "end")
+print("done", flush=True)
+"""
+
+
+def test_a_real_stopped_process_is_not_declared_hung():
+    """A process running a chunk under a 3 s bound is stopped (SIGSTOP) for 4 s mid-chunk and
+    continued: before, its watchdog left with status 70 on waking up; now it finishes."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPED_CHILD], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "done" in out and "hung" not in out, out
+
+
 def test_second_signal_leaves_at_once_with_status_75():
     left = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         flag = StopFlag(leave=lambda msg, status: left.append((msg, status)))
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag() and not left
         os.kill(os.getpid(), signal.SIGINT)
         assert left and left[0][1] == INTERRUPTED and "leaving now" in left[0][0]
+        flag = StopFlag(leave=lambda msg, status: left.append((msg, status)))
+        os.kill(os.getpid(), signal.SIGHUP)  # a closed terminal stops like SIGTERM
+        assert flag() and flag.signal == signal.SIGHUP
     finally:
         for s, h in old.items():
             signal.signal(s, h)

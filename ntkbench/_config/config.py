@@ -288,7 +288,20 @@ def _as_tuple(name: str, value: Any, kind: type) -> tuple:
                           f"config.{name}=(8, 32, 128).") from None
     if kind is int and any(float(v) != int(float(v)) for v in value):
         raise ConfigError(f"config.{name}={value!r} must hold whole numbers.")
+    if kind is int:
+        for v in out:
+            _check_int(name, v)
     return out
+
+
+#: Integers must fit int64 (JAX keys, zarr shapes and NumPy all take 64-bit integers).
+_INT_BOUND = 2**63
+
+
+def _check_int(name: str, value: int) -> None:
+    if not -_INT_BOUND < value < _INT_BOUND:
+        raise ConfigError(f"config.{name}={value} is too large: integers must lie within "
+                          f"+-(2^63 - 1) (e.g. config.{name}={FIELDS[name].default!r}).")
 
 
 def _scalar(name: str, value: Any, kind: type) -> Any:
@@ -307,6 +320,8 @@ def _scalar(name: str, value: Any, kind: type) -> Any:
                           f"config.{name}={FIELDS[name].default!r}.") from None
     if kind is int and isinstance(value, float) and value != int(value):
         raise ConfigError(f"config.{name}={value!r} must be a whole number.")
+    if kind is int:
+        _check_int(name, out)
     return out
 
 
@@ -515,7 +530,8 @@ def validate(c: SweepConfig) -> None:
                                              "e.g. 1e-3.")
     _check(0 <= c.b1 < 1 and 0 <= c.b2 < 1 and 0 <= c.momentum < 1,
            "config.b1, config.b2 and config.momentum must lie in [0, 1).")
-    _check(c.noise_std >= 0, f"config.noise_std={c.noise_std} must be >= 0.")
+    _check(math.isfinite(c.noise_std) and c.noise_std >= 0,
+           f"config.noise_std={c.noise_std} must be a finite number >= 0, e.g. 0.01.")
     _check(0 < c.min_pack_efficiency <= 1, "config.min_pack_efficiency must lie in (0, 1].")
     _check(c.checkpoint_every_minutes >= 0, "config.checkpoint_every_minutes must be >= 0.")
     _check(0 <= c.checkpoint_max_overhead < 1,

@@ -73,6 +73,12 @@ class StorageError(NtkbenchError, OSError):
 
     exit_status = ExitStatus.STORAGE
 
+    @classmethod
+    def of(cls, path: str, error: BaseException, action: str = "write") -> StorageError:
+        """The one-line error for an OS-level failure `error` on `path` while ntkbench was
+        doing `action` ("write", "read" or "access")."""
+        return storage_error(path, error, action)
+
 
 class Interrupted(NtkbenchError):
     """The run stopped at a checkpoint because it was asked to; rerun the same command to resume."""
@@ -105,7 +111,7 @@ def _storage_cause(error: BaseException) -> BaseException | None:
 
 
 @contextlib.contextmanager
-def storage_guard(path: str):
+def storage_guard(path: str, action: str = "write"):
     """Turn a storage failure raised inside (by us, Orbax or Tensorstore, possibly wrapped in
     another exception) into a one-line `StorageError` about `path`."""
     try:
@@ -116,23 +122,30 @@ def storage_guard(path: str):
         cause = _storage_cause(e)
         if cause is None:
             raise
-        raise storage_error(path, cause) from None
+        raise storage_error(path, cause, action) from None
 
 
-def storage_error(path: str, error: BaseException) -> StorageError:
-    """A one-line `StorageError` for an OS-level failure on `path` (what happened, what to do)."""
+def storage_error(path: str, error: BaseException, action: str = "write") -> StorageError:
+    """A one-line `StorageError` for an OS-level failure on `path` (what happened, what to do).
+
+    `action` is "write", "read" or "access" (either): what ntkbench was doing (a command that
+    only reads, such as `status` or `verify`, never says "Cannot write").
+    """
     import errno
 
     code = getattr(error, "errno", None)
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    reading = action == "read"
     if code == errno.ENOSPC or "No space left" in text:
         hint = "the disk is full: free space (or move the workdir) and rerun to resume"
     elif code == errno.EROFS or "Read-only file system" in text:
         hint = "the file system is read-only: choose a writable workdir"
     elif code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
-        hint = "permission denied: choose a workdir you can write to"
+        hint = ("permission denied: give yourself read access to it (chmod u+r, or ask its "
+                "owner)" if reading else "permission denied: choose a workdir you can write to")
     elif code == errno.ENOTDIR or "Not a directory" in text:
         hint = "a parent of the workdir is a file: choose another workdir"
     else:
         hint = text
-    return StorageError(f"Cannot write {path}: {hint}.")
+    verb = action if action in ("read", "write", "access") else "write"
+    return StorageError(f"Cannot {verb} {path}: {hint}.")

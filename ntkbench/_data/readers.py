@@ -24,6 +24,7 @@ is ever unpickled: the CIFAR-10 python version is refused.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Sequence
@@ -86,21 +87,42 @@ def _not_found(name: str, root: Path | None, looked: Sequence[Path], files: str,
 # IDX (MNIST, Fashion-MNIST).
 
 
+def _unreadable(path: Path, error: OSError) -> DatasetError:
+    """A data file or folder that exists but cannot be read (permissions, an I/O error)."""
+    why = error.strerror or type(error).__name__
+    return DatasetError(
+        f"{path}: cannot be read ({why}); give yourself read access to it (and to its folders),"
+        f" or point data_dir at a readable copy."
+    )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as e:  # a folder on the way that cannot be searched
+        raise _unreadable(path.parent, e) from None
+
+
 def _idx_file(directory: Path, stem: str) -> Path | None:
     variants = (stem, stem.replace("-idx", ".idx"))
     for base in variants:
         for name in (base, base + ".gz"):
-            if (directory / name).is_file():
+            if _is_file(directory / name):
                 return directory / name
     return None
 
 
 def _read_bytes(path: Path) -> bytes:
     if path.suffix != ".gz":
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise _unreadable(path, e) from None
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
+    except (PermissionError, IsADirectoryError) as e:
+        raise _unreadable(path, e) from None
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(
             f"{path}: expected a complete gzip file, found a damaged one ({e}); download it again."
@@ -141,7 +163,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
             f" (truncated)."
         )
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python integers: a product of large dims never wraps
     if len(data) != expected:
         raise DatasetError(
             f"{path}: expected {expected} bytes for dimensions {dims}, found {len(data)}"
@@ -208,7 +230,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         DatasetError: a length that is not a positive multiple of 3073, or a label above 9.
     """
     path = Path(path)
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if len(data) == 0 or len(data) % _CIFAR_RECORD:
         raise DatasetError(
             f"{path}: expected a positive multiple of {_CIFAR_RECORD} bytes (1 label + 3072 pixel"
@@ -226,7 +248,7 @@ def load_cifar(name: str, root: Path | None) -> Dataset:
     wanted = (*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE)
     partial = []
     for directory in looked:
-        present = [(directory / f).is_file() for f in wanted]
+        present = [_is_file(directory / f) for f in wanted]
         if all(present):
             train = [read_cifar_batch(directory / f) for f in _CIFAR_TRAIN_FILES]
             x_train = np.concatenate([x for x, _ in train])
@@ -251,7 +273,7 @@ def load_cifar(name: str, root: Path | None) -> Dataset:
             partial.append(f"{directory} lacks {', '.join(missing)}")
     if root is not None:
         for directory in [root / "cifar-10-batches-py", *looked]:
-            if (directory / "data_batch_1").is_file() or (directory / "test_batch").is_file():
+            if _is_file(directory / "data_batch_1") or _is_file(directory / "test_batch"):
                 raise DatasetNotFoundError(
                     f"Dataset {name!r}: found only the CIFAR-10 python (pickle) version in"
                     f" {directory}, which ntkbench never unpickles; download the binary version"

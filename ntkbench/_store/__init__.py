@@ -7,9 +7,9 @@ pack plan) and `ntkbench._analysis` (summaries added on load).
 
 from ntkbench._store.results import DamageReport, load, verify
 from ntkbench._store.store import ResultsStore, read_dataset
-from ntkbench._store.verify import Damage, describe, find_damage, repair
+from ntkbench._store.verify import Damage, describe, find_damage, load_repairs, repair
 
 __all__ = [
-    "DamageReport", "Damage", "describe", "find_damage", "load", "read_dataset", "repair", "ResultsStore",
+    "DamageReport", "Damage", "describe", "find_damage", "load", "load_repairs", "read_dataset", "repair", "ResultsStore",
     "verify",
 ]

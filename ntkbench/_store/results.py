@@ -10,7 +10,7 @@ from ntkbench._data import load_dataset
 from ntkbench._store.store import ResultsStore, read_dataset
 from ntkbench._store.verify import describe, find_damage
 from ntkbench._train import packs_from_json
-from ntkbench._workdir import Workdir
+from ntkbench._workdir import Workdir, known_fingerprints
 
 
 def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
@@ -50,19 +50,27 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
 
 class DamageReport(list):
     """The damaged stored values of a sweep (`Damage` records), empty when every committed
-    value is present and readable; `describe()` says which packs and variables, in one line."""
+    value is present and readable; `describe()` says which packs and variables, in one line.
+    `unchecked` names the arrays written without checksums (by an older ntkbench): their
+    chunks are checked by decoding alone, so a flipped bit in them can go unnoticed."""
 
-    def __init__(self, damage, packs):
+    def __init__(self, damage, packs, unchecked=()):
         super().__init__(damage)
         self.packs = tuple(packs)
+        self.unchecked = tuple(unchecked)
 
     def describe(self) -> str:
-        return describe(self, self.packs) if self else "every committed value is present and readable"
+        if self:
+            return describe(self, self.packs)
+        note = (f" ({len(self.unchecked)} array(s) written before checksums, e.g. "
+                f"{self.unchecked[0]}, are checked by decoding alone)" if self.unchecked else "")
+        return "every committed value is present and readable" + note
 
 
 def verify(workdir: str) -> DamageReport:
-    """The damaged (missing or undecodable) stored values of a sweep, as a `DamageReport`; an
-    empty one when every committed value is present and readable.
+    """The damaged stored values of a sweep (missing, undecodable or failing their checksum,
+    damaged metadata or coordinates, an interrupted repair), as a `DamageReport`; an empty one
+    when every committed value is present and readable. Reads only: nothing is written.
 
     Example:
         >>> report = ntkbench.verify("runs/quick")  # doctest: +SKIP
@@ -77,6 +85,8 @@ def verify(workdir: str) -> DamageReport:
     num_classes = manifest.get("data", {}).get("num_classes")
     if num_classes is None:
         num_classes = load_dataset(config.dataset, config.data_dir or None).num_classes
-    store = ResultsStore(wd.results, config, num_classes)
+    store = ResultsStore(wd.results, config, num_classes, read_only=True,
+                         fingerprints=known_fingerprints(manifest))
     packs = packs_from_json(config, manifest["packs"])
-    return DamageReport(find_damage(wd, store, config, packs), packs)
+    unchecked = sorted(n for n, ok in store.checksums.items() if not ok)
+    return DamageReport(find_damage(wd, store, config, packs), packs, unchecked)

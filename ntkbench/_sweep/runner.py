@@ -16,11 +16,15 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from ntkbench._config import Interrupted, SweepConfig
+from ntkbench._config import IntegrityError, Interrupted, SweepConfig
 from ntkbench._store import ResultsStore
 from ntkbench._train import Pack, PackBuilder, Placement, minibatch_schedule
 from ntkbench._workdir import Workdir
-from ntkbench.checkpoints import CheckpointCorruptError, PackCheckpointer
+from ntkbench.checkpoints import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    PackCheckpointer,
+)
 
 logger = logging.getLogger("ntkbench")
 
@@ -75,6 +79,7 @@ class PackContext:
     stop: Callable[[], bool]  # should_stop, agreed across processes
     sync: Callable[[str], None]  # a barrier across processes
     total: int  # member-epochs of this run's packs
+    runtime_id: str = ""  # the runtime computing the records (`Runtime.describe()["id"]`)
     done: int = 0  # member-epochs done, including skipped and restored ones
     trained: int = 0  # member-epochs trained by this run
     start: float = dataclasses.field(default_factory=time.perf_counter)
@@ -149,7 +154,8 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
         if schedule is not None:
             schedule.seek(epoch)  # the order is a function of (member, epoch): no state
         ctx.status(pack.pack_id, status="running", started=status.get("started", time.time()),
-                   epochs_done=epoch)
+                   epochs_done=epoch,
+                   runtimes=_runtimes(status.get("runtimes"), epoch, ctx.runtime_id))
         state, saves, chunk = _train_chunks(ctx, ckpt, pack, i, n, data, state, epoch, schedule,
                                             indices)
         _finish_pack(ctx, ckpt, pack, data, state, indices, chunk, saves)
@@ -157,8 +163,17 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
     if ctx.primary:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the results are complete: free the disk
     ctx.status(pack.pack_id, status="done", finished=time.time(), epochs_done=cfg.epochs,
-               seconds=time.perf_counter() - t_pack)
+               seconds=time.perf_counter() - t_pack, repair=None)
     _report(ctx, pack, i, n, cfg.epochs, "done")
+
+
+def _runtimes(ranges, epoch: int, runtime_id: str) -> list:
+    """Which runtime computed which records of a pack: `[[first epoch, runtime id], ...]`,
+    continued from `epoch` by `runtime_id` (records from `epoch` on are computed again)."""
+    kept = [r for r in (ranges or []) if isinstance(r, list) and len(r) == 2 and r[0] < epoch]
+    if not kept or kept[-1][1] != runtime_id:
+        kept.append([epoch, runtime_id])
+    return kept
 
 
 def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, state, epoch: int,
@@ -239,5 +254,15 @@ def _restore(ctx: PackContext, ckpt, pack: Pack, state):
         ctx.hooks.log(f"pack {pack.pack_id}: no checkpoint could be restored ({e}); they were "
                       "moved aside and the pack restarts from epoch 0 (its stored records are "
                       "checked as they are rewritten)")
+        return None
+    except CheckpointMismatchError as e:
+        if not ctx.store.relaxed:  # the runtime is the sweep's: the state should fit
+            raise IntegrityError(f"pack {pack.pack_id}: its checkpoint does not fit this run's "
+                                 f"state ({str(e).split(' (')[0]}); finish the sweep with the "
+                                 "ntkbench version that wrote it, or use a new workdir.") from None
+        ckpt.discard_all()
+        ctx.hooks.log(f"pack {pack.pack_id}: its checkpoints hold the state of the previous "
+                      "runtime (another device count lays members out differently); they were "
+                      "moved aside and the pack restarts from epoch 0 on this runtime")
         return None
     return None if found is None else found[:2]

@@ -12,9 +12,15 @@ import dataclasses
 import math
 import time
 
-from ntkbench._config import SweepConfig, from_config_dict, parse_shard, storage_guard
+from ntkbench._config import (
+    SweepConfig,
+    WorkdirError,
+    from_config_dict,
+    parse_shard,
+    storage_guard,
+)
 from ntkbench._data import check_data, load_dataset
-from ntkbench._store import ResultsStore, repair
+from ntkbench._store import ResultsStore, load_repairs, repair
 from ntkbench._sweep.runner import Hooks, PackContext, train_pack
 from ntkbench._train import (
     ModelFamily,
@@ -29,7 +35,7 @@ from ntkbench._train import (
     shard_packs,
 )
 from ntkbench._train import plan as plan_packs
-from ntkbench._workdir import Workdir, check_data_fingerprint
+from ntkbench._workdir import Workdir, check_data_fingerprint, known_fingerprints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +55,70 @@ def plan_sweep(config: SweepConfig, family: ModelFamily, manifest: dict | None,
     return extend_plan(config, family, old, num_devices=num_devices), len(old)
 
 
-def _manifest(config, plan, num_old, previous, fingerprint, num_devices) -> dict:
+def _manifest(config, plan, num_old, previous, fingerprint, num_devices, described,
+              change) -> dict:
     history = [] if previous is None else list(previous.get("history", []))
     if previous is not None and num_old < len(plan.packs):
         added = plan.packs[num_old:]
         history.append({"extended": time.time(), "from_fingerprint": previous.get("fingerprint"),
                         "added_packs": [p.pack_id for p in added],
                         "added_members": sum(p.num_members for p in added)})
+    if change is not None:
+        history.append(change)
+    # `num_devices` is the device count the plan was made for: kept for the sweep's life (the
+    # runtime now is in `runtime`, and a change of it in `history`).
+    if previous is not None and previous.get("num_devices"):
+        num_devices = previous["num_devices"]
     return {"config": config.to_dict(), "fingerprint": config.fingerprint(), "data": fingerprint,
             "efficiency": plan.efficiency, "num_devices": num_devices,
-            "packs": packs_to_json(plan.packs), "history": history}
+            "packs": packs_to_json(plan.packs), "history": history, "runtime": described}
+
+
+def _trained(wd: Workdir, manifest: dict) -> bool:
+    """Whether any pack of the sweep has started (it may have committed records)."""
+    for p in manifest.get("packs", []):
+        st = wd.read_status(int(p["pack_id"]))
+        if (st.get("status", "pending") != "pending" or st.get("epochs_done") or
+                st.get("runtimes") or st.get("repair") or st.get("unreadable")):
+            return True
+    return False
+
+
+def check_runtime(wd: Workdir, previous: dict | None, now: dict, *, allow: bool
+                  ) -> dict | None:
+    """Refuse to continue a sweep on a runtime that need not reproduce its records.
+
+    Returns:
+        None when the runtime is the recorded one (or nothing was trained yet), else, when
+        `allow`, the change as the manifest's history records it.
+
+    Raises:
+        WorkdirError: the runtime differs (`option="allow_runtime_change"`).
+    """
+    if previous is None:
+        return None
+    recorded = previous.get("runtime")
+    if recorded is None:  # a manifest from before runtimes were recorded
+        recorded = ({"num_devices": previous["num_devices"]} if previous.get("num_devices")
+                    else {})
+    diff = {k: (v, now.get(k)) for k, v in recorded.items() if k != "id" and v != now.get(k)}
+    if not diff or not _trained(wd, previous):
+        return None
+    if not allow:
+        listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise WorkdirError(
+            f"{wd.path} holds records computed on another runtime ({listing}); continuing "
+            "there would mix results that this runtime does not reproduce bit for bit. Rerun "
+            "with the sweep's runtime (its devices, device count, flags and versions), or "
+            "allow the change, which the manifest's history and the results' attributes "
+            "then record.", option="allow_runtime_change")
+    return {"runtime_changed": time.time(), "from": recorded, "to": now,
+            "changed": sorted(diff)}
 
 
 def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | None = None,
-        shard=None, extend: bool = False, model_fn=None) -> SweepResult:
+        shard=None, extend: bool = False, model_fn=None,
+        allow_runtime_change: bool = False) -> SweepResult:
     """Train every member of a sweep (or of share `shard` of its packs), recording its losses
     and NTK quantities in `workdir`.
 
@@ -83,6 +139,11 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
         extend: `config` may add members to the sweep in `workdir` (more widths, seeds, ...);
             finished members are left exactly as they are.
         model_fn: the constructor of `model="custom"` members (docs/models.md).
+        allow_runtime_change: continue a sweep whose records were computed on another
+            runtime (devices, device count, x64, XLA flags, versions: `Runtime.describe`).
+            Refused by default, since the records would mix numerics; when allowed, the change
+            is recorded in the manifest's history, the results' attributes and each pack's
+            status (`runtimes`: from which epoch which runtime computed its records).
 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.load(workdir)`.
@@ -99,26 +160,37 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
     fingerprint = data.fingerprint()
     check_data_fingerprint(previous, fingerprint, wd.path)
     family = model_family(config, data, model_fn)
-    check_fits(config, family, runtime.device_memory)
     plan, num_old = plan_sweep(config, family, previous, runtime.num_devices)
     mine = shard_packs(plan, shard)
+    check_fits(config, family, runtime, mine,
+               data_bytes=data.x_train.nbytes + data.x_test.nbytes)
+    described = runtime.describe()
+    change = check_runtime(wd, previous, described, allow=allow_runtime_change)
     # Every process has checked the workdir before process 0 writes to it.
     runtime.sync("ntkbench-workdir-checked")
     lock = wd.lock(shard) if runtime.primary else contextlib.nullcontext()
     if runtime.primary:
         wd.check_writable()
     with storage_guard(wd.path), lock:
+        known = known_fingerprints(previous) if previous is not None else []
         if runtime.primary:
             manifest = _manifest(config, plan, num_old, previous, fingerprint,
-                                 runtime.num_devices)
+                                 runtime.num_devices, described, change)
             if previous is None or manifest != {k: previous.get(k) for k in manifest}:
                 wd.write_manifest(manifest)  # the plan first: the store grows when opened
-            store = ResultsStore(wd.results, config, data.num_classes)
+            store = ResultsStore(wd.results, config, data.num_classes, fingerprints=known,
+                                 log=hooks.log)
+            if change is not None:
+                store.add_attributes(ntkbench_runtime_changes=[
+                    *store.attributes().get("ntkbench_runtime_changes", []), change])
         runtime.sync("ntkbench-store-created")
         if not runtime.primary:
-            store = ResultsStore(wd.results, config, data.num_classes)
-        repair(wd, store, config, mine, log=hooks.log, primary=runtime.primary)
+            store = ResultsStore(wd.results, config, data.num_classes, fingerprints=known)
+        if runtime.primary:
+            repair(wd, store, config, mine, log=hooks.log)
         runtime.sync("ntkbench-repaired")  # every process sees the repaired pack statuses
+        load_repairs(wd, store, mine)
+        store.relaxed = change is not None
         hooks.log(_describe(config, data, runtime, plan, mine, num_old, shard))
         builder = PackBuilder(config, runtime=runtime, data=data, family=family, plan=plan)
         ctx = PackContext(
@@ -126,9 +198,14 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
             writes_share_cores=runtime.platform == "cpu",
             hooks=hooks, primary=runtime.primary,
             stop=lambda: runtime.agree(hooks.should_stop()), sync=runtime.sync,
-            total=sum(p.num_members for p in mine) * config.epochs)
+            total=sum(p.num_members for p in mine) * config.epochs,
+            runtime_id=described["id"])
         for i, pack in enumerate(mine):
             train_pack(ctx, pack, i, len(mine))
+        if store.replaced:
+            hooks.log(f"{store.replaced} committed value(s) recomputed on the new runtime "
+                      "differed from the stored ones and were replaced (the runtime change is "
+                      "recorded in the manifest's history)")
     return SweepResult(wd.path, plan, time.perf_counter() - ctx.start, ctx.trained)
 
 

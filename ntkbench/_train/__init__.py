@@ -24,17 +24,19 @@ from ntkbench._train.planner import (
     extend_plan,
     member_bytes,
     packs_from_json,
+    peak_bytes,
     packs_to_json,
     plan,
     shard_packs,
 )
 from ntkbench._train.program import PackProgram
-from ntkbench._train.runtime import Runtime
+from ntkbench._train.runtime import Runtime, host_memory_limit, runtime_id
 from ntkbench._train.state import PackData, PackState
 
 __all__ = [
-    "make_optimizer", "member_loss", "PackBuilder", "ReadyPack", "build_data", "build_models", "build_pack", "check_fits", "extend_plan", "Member",
-    "member_bytes", "members", "members_keys", "minibatch_schedule", "model_family",
+    "make_optimizer", "member_loss", "PackBuilder", "ReadyPack", "build_data", "build_models",
+    "build_pack", "check_fits", "extend_plan", "Member", "member_bytes", "members", "peak_bytes",
+    "members_keys", "minibatch_schedule", "model_family",
     "ModelFamily", "Pack", "PackData", "PackProgram", "packs_from_json", "packs_to_json",
-    "PackState", "Placement", "Plan", "plan", "Runtime", "shard_packs", "SweepData", "with_slots",
+    "PackState", "Placement", "Plan", "plan", "host_memory_limit", "Runtime", "runtime_id", "shard_packs", "SweepData", "with_slots",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from ntkbench._config import ResourceError, SweepConfig
 from ntkbench._train.family import ModelFamily
 from ntkbench._train.members import Member, from_indices, members
+from ntkbench._train.runtime import host_memory_limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,23 +86,112 @@ def member_bytes(config: SweepConfig, family: ModelFamily, width: int, depth: in
     return 4.0 * (copies * params + acts + ntk)
 
 
-def check_fits(config: SweepConfig, family: ModelFamily, device_bytes: int | None) -> None:
-    """Refuse a sweep whose largest member cannot fit one device, before anything is created.
+#: The memory model of a run's peak (bytes), fitted to the peak resident memory of real runs
+#: on CPU (`benchmarks/bench_memory.py`; docs/scaling.md lists the measurements): JAX, XLA's
+#: CPU client, Python and the compiled programs of a small sweep before any NTK record ...
+RUNTIME_BYTES = 680 * 2**20
+#: ... float32 `M x M` matrices alive at once while one member records its NTK (the kernel,
+#: its cosine normalization, the host eigensolver's copies, the initial kernel, the update) ...
+RECORD_COPIES = 10.5
+#: ... and, in float32 `M x M` units, what `ntk_float64` adds (the float64 copies of the
+#: spectral step) and what `layer_ntks` adds per layer (each layer's NTK and its spectrum).
+FLOAT64_COPIES = 5.0
+LAYER_COPIES = 2.3
+
+
+def record_bytes(config: SweepConfig, family: ModelFamily, depth: int) -> float:
+    """Working memory of one member's NTK record, beyond what the member keeps (measured)."""
+    if config.ntk_every == 0 or config.spectrum(family.num_classes) == "slq":
+        return 0.0
+    m2 = float(config.n_test * family.num_classes) ** 2
+    copies = (RECORD_COPIES - config.ntk_test_draws - 1  # less what `kept_bytes` counts
+              + (FLOAT64_COPIES if config.ntk_float64 else 0.0)
+              + (LAYER_COPIES * (depth + 1) if config.layer_ntks else 0.0))
+    return 4.0 * copies * m2
+
+
+def kept_bytes(config: SweepConfig, family: ModelFamily, width: int, depth: int,
+               n_train: int) -> float:
+    """What one member of a pack keeps for the pack's life: its training state and
+    activations, its initial NTK (and previous NTK, snapshots) for the records, and its
+    record's output (measured: about two `M x M` float32 matrices per member, 4 members
+    against 1)."""
+    params = family.num_params(width, depth)
+    copies = 5 + (4 if config.linearized else 0)
+    acts = 3 * (n_train + min(config.eval_batch, 10_000)
+                + config.n_test * config.ntk_test_draws) * width * depth
+    ntk = 0.0
+    if config.ntk_every > 0 and config.spectrum(family.num_classes) != "slq":
+        m2 = float(config.n_test * family.num_classes) ** 2
+        ntk = m2 * (config.ntk_test_draws * (1 + config.kernel_velocity) + 1
+                    + (2 if config.ntk_snapshots else 0))
+    return 4.0 * (copies * params + acts + ntk)
+
+
+def peak_bytes(config: SweepConfig, family: ModelFamily, pack, *, num_devices: int = 1,
+               sequential: bool = True, num_processes: int = 1, data_bytes: int = 0) -> float:
+    """The peak memory of a process training `pack` on CPU devices (they share the host's
+    memory): the runtime, the data (a host and a device copy), every member's kept state, and
+    the records running at once (one per device when members record one at a time, all of
+    them when batched)."""
+    members = math.ceil(pack.num_members / num_processes)
+    at_once = min(members, max(1, num_devices // num_processes)) if sequential else members
+    kept = members * kept_bytes(config, family, pack.padded_width, pack.depth,
+                                pack.padded_n_train)
+    return (RUNTIME_BYTES + 2 * data_bytes + kept
+            + at_once * record_bytes(config, family, pack.depth))
+
+
+def check_fits(config: SweepConfig, family: ModelFamily, runtime, packs=(), *,
+               data_bytes: int = 0, limit: tuple[int | None, str] | None = None) -> None:
+    """Refuse a sweep that cannot fit, before anything is created: its largest member against
+    one device's memory, and on CPU devices the peak of its largest pack (`peak_bytes`)
+    against the memory the process may use (`host_memory_limit`: cgroup v1/v2, SLURM, the
+    physical memory). A job over its cgroup limit would be killed without a word.
+
+    Args:
+        runtime: the `Runtime` (devices, their memory, how members record).
+        packs: the packs of this run (the CPU check).
+        data_bytes: bytes of the dataset's arrays.
+        limit: `(bytes, where from)`, the process's bound; `host_memory_limit()` by default.
 
     Raises:
-        ResourceError: one line with the estimate and the device's memory.
+        ResourceError: one line with the estimate, the bound and what to lower.
     """
-    if not device_bytes:
+    device_bytes = runtime.device_memory
+    if device_bytes:
+        for depth in config.depth:
+            for width in config.widths:
+                need = member_bytes(config, family, width, depth, max(config.n_train))
+                if need > device_bytes:
+                    raise ResourceError(
+                        f"a member of width {width} and depth {depth} needs about "
+                        f"{need / 2**30:,.1f} GiB of device memory, but a device has "
+                        f"{device_bytes / 2**30:,.1f} GiB; lower config.widths (or n_test, "
+                        "eval_batch).")
+    if runtime.platform != "cpu" or not packs:
         return
-    for depth in config.depth:
-        for width in config.widths:
-            need = member_bytes(config, family, width, depth, max(config.n_train))
-            if need > device_bytes:
-                raise ResourceError(
-                    f"a member of width {width} and depth {depth} needs about "
-                    f"{need / 2**30:,.1f} GiB of device memory, but a device has "
-                    f"{device_bytes / 2**30:,.1f} GiB; lower config.widths (or n_test, "
-                    "eval_batch).")
+    limit = host_memory_limit() if limit is None else limit
+    if not limit[0]:
+        return
+    peaks = [(peak_bytes(config, family, p, num_devices=runtime.num_devices,
+                         sequential=runtime.sequential, num_processes=runtime.num_processes,
+                         data_bytes=data_bytes), p) for p in packs]
+    need, pack = max(peaks, key=lambda t: t[0])
+    if need <= limit[0]:
+        return
+    m = config.n_test * family.num_classes
+    record = (f", NTK records of M = {m}{' in float64' if config.ntk_float64 else ''}"
+              f"{' with per-layer kernels' if config.layer_ntks else ''}"
+              if record_bytes(config, family, pack.depth) else "")
+    options = [o for o, on in (("config.ntk_float64=false", config.ntk_float64),
+                               ("config.layer_ntks=false", config.layer_ntks)) if on]
+    raise ResourceError(
+        f"this sweep needs about {need / 2**30:,.2f} GiB of memory at its peak (pack "
+        f"{pack.pack_id}: {pack.num_members} member(s) of width <= {pack.padded_width}{record}), "
+        f"but this process may use {limit[0] / 2**30:,.2f} GiB ({limit[1]}); lower "
+        f"config.n_test (records grow with M²){', set ' + ' or '.join(options) if options else ''}"
+        ", lower config.pack_memory_mb (smaller packs), or run with more memory.")
 
 
 def _partition(sizes: Sequence[float], counts: Sequence[int], max_groups: int,

@@ -11,9 +11,11 @@ from ntkbench._workdir.workdir import (
     Workdir,
     atomic_json,
     check_data_fingerprint,
+    known_fingerprints,
+    manifest_digest,
     read_json,
 )
 
 __all__ = [
-    "MANIFEST", "PackStatus", "SweepStatus", "sweep_status", "atomic_json", "check_data_fingerprint", "read_json", "Workdir",
+    "MANIFEST", "PackStatus", "SweepStatus", "sweep_status", "atomic_json", "check_data_fingerprint", "known_fingerprints", "manifest_digest", "read_json", "Workdir",
 ]

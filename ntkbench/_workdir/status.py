@@ -2,7 +2,8 @@
 
 `sweep_status(workdir)` is what `ntkbench status` prints: every pack's status, epochs done,
 rate, and the age of its last checkpoint. A pack marked running while no process holds the
-workdir was interrupted (e.g. killed).
+workdir was interrupted (e.g. killed); a pack whose damaged results a run is rewriting (its
+status file holds a repair record) is "repairing" until it is done again.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ class PackStatus:
 
     Attributes:
         pack_id: the pack's id in the manifest's plan.
-        status: "pending", "running", "interrupted" or "done" ("running" only while a process
-            holds the workdir).
+        status: "pending", "running", "interrupted", "repairing" or "done" ("running" only
+            while a process holds the workdir; "repairing": a run found its stored results
+            damaged and retrains it to rewrite them, `ntkbench verify` lists what).
         num_members: members of the pack.
         padded_width: the width its members are padded to.
         epochs_done: epochs trained (a resumed pack counts from its checkpoint).
@@ -47,7 +49,7 @@ class SweepStatus:
     workdir: str
     name: str
     epochs: int
-    locked: bool  # a process holds the workdir (the sweep is running now)
+    locked: bool | None  # a process holds the workdir now; None: `.lock` is unreadable
     packs: tuple[PackStatus, ...]
 
     @property
@@ -83,8 +85,10 @@ def sweep_status(workdir: str) -> SweepStatus:
     for p in manifest["packs"]:
         st = wd.read_status(p["pack_id"])
         status = st.get("status", "pending")
-        if status == "running" and not locked:
+        if status == "running" and locked is False:
             status = "interrupted"
+        if st.get("repair") and status != "done":
+            status = "repairing"
         done, members = st.get("epochs_done", 0), len(p["members"])
         rate = left = None
         if st.get("started") and done and status != "done":

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import time
 
 from ntkbench._config import (
+    NOT_RESULTS,
     ConfigError,
     IntegrityError,
     SweepConfig,
@@ -56,12 +58,35 @@ def read_json(path: str, what: str) -> dict:
     except json.JSONDecodeError as e:
         raise IntegrityError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}); "
                              "restore it, or start the sweep in a new workdir.") from None
+    except UnicodeDecodeError as e:
+        raise IntegrityError(f"{what} {path} is not valid JSON (not UTF-8 text at byte "
+                             f"{e.start}); restore it, or start the sweep in a new workdir."
+                             ) from None
     except OSError as e:
-        raise storage_error(path, e) from None
+        raise storage_error(path, e, "read") from None
     if not isinstance(out, dict):
         raise IntegrityError(f"{what} {path} holds {type(out).__name__}, not an object; "
                              "restore it, or start the sweep in a new workdir.")
     return out
+
+
+def manifest_digest(manifest: dict) -> str:
+    """A hash of what in a manifest defines the results: the config's result fields, the data
+    fingerprint, the pack plan and the runtime the records were made on. Stored in the
+    manifest as `integrity`; a manifest whose content no longer matches it was edited."""
+    config = manifest.get("config") or {}
+    content = {"config": {k: v for k, v in config.items() if k not in NOT_RESULTS},
+               "data": manifest.get("data"), "packs": manifest.get("packs"),
+               "runtime": manifest.get("runtime")}
+    text = json.dumps(json.loads(json.dumps(content)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def known_fingerprints(manifest: dict) -> list[str]:
+    """Every fingerprint the sweep of `manifest` has had (now, and before each extension)."""
+    out = [manifest.get("fingerprint")]
+    out += [h["from_fingerprint"] for h in manifest.get("history", []) if "from_fingerprint" in h]
+    return [f for f in out if f]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +120,25 @@ class Workdir:
         if "config" not in manifest or "packs" not in manifest:
             raise IntegrityError(f"The manifest {self.manifest_path} lacks its config or pack "
                                  "plan; restore it, or start the sweep in a new workdir.")
+        if "integrity" in manifest and manifest_digest(manifest) != manifest["integrity"]:
+            raise IntegrityError(
+                f"The manifest {self.manifest_path} was changed after ntkbench wrote it (its "
+                "config, data fingerprint, pack plan or runtime no longer match its integrity "
+                f"hash {manifest['integrity']}): the stored results were made with the "
+                "original. Restore the file (undo the edit, or copy it from a backup); to run "
+                "a changed config, start it in a new workdir.")
+        try:
+            stored(manifest["config"])
+        except (ConfigError, TypeError) as e:
+            raise IntegrityError(f"The manifest {self.manifest_path} holds an invalid config "
+                                 f"({str(e).splitlines()[0] if str(e) else e!r}); restore it, "
+                                 "or start the sweep in a new workdir.") from None
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_json(self.manifest_path, {**manifest, "format_version": FORMAT_VERSION})
+        manifest = {**manifest, "format_version": FORMAT_VERSION}
+        manifest.pop("integrity", None)
+        atomic_json(self.manifest_path, {**manifest, "integrity": manifest_digest(manifest)})
 
     def read_status(self, pack_id: int) -> dict:
         """A pack's status; a missing or unreadable file means "not started" (the pack then
@@ -113,8 +153,12 @@ class Workdir:
             return {"status": "pending", "epochs_done": 0, "unreadable": True}
 
     def write_status(self, pack_id: int, **fields) -> None:
+        """Update a pack's status file with `fields` (a field set to None is removed)."""
         st = self.read_status(pack_id)
         st.pop("unreadable", None)
+        for k in [k for k, v in fields.items() if v is None]:
+            st.pop(k, None)
+            del fields[k]
         st.update(fields, updated=time.time())
         os.makedirs(os.path.dirname(self.status_path(pack_id)), exist_ok=True)
         atomic_json(self.status_path(pack_id), st)
@@ -155,12 +199,16 @@ class Workdir:
             for fd in fds:
                 os.close(fd)
 
-    def is_locked(self) -> bool:
-        """Whether a run holds the workdir now (a run killed with SIGKILL holds nothing)."""
+    def is_locked(self) -> bool | None:
+        """Whether a run holds the workdir now (a run killed with SIGKILL holds nothing); None
+        when `.lock` cannot be opened (no permission), so it cannot be told."""
         path = os.path.join(self.path, ".lock")
         if not os.path.exists(path):
             return False
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
