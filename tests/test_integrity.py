@@ -138,7 +138,7 @@ def logs():
 
 def test_a_deleted_chunk_is_found_and_its_pack_retrained(finished, tmp_path, capsys, logs):
     w = _copy(finished, tmp_path)
-    chunk = os.path.join(w, "results", "train_loss", "c", "0", "0", "0", "0", "0", "0", "0")
+    chunk = os.path.join(w, "results", "train_loss", "c", "0", "0", "0", "0", "0", "0", "0", "0")
     os.remove(chunk)
     code, err, out = _cli(capsys, "verify", f"--workdir={w}")
     assert code == INTEGRITY and "train_loss" in _error_line(err) and "pack(s) 0" in err[0]
@@ -153,7 +153,7 @@ def test_a_deleted_chunk_is_found_and_its_pack_retrained(finished, tmp_path, cap
 
 def test_a_truncated_chunk_is_one_line_and_is_repaired(finished, tmp_path, capsys, logs):
     w = _copy(finished, tmp_path)
-    chunk = os.path.join(w, "results", "ntk_erank", "c", "0", "1", "0", "0", "0", "1", "0")
+    chunk = os.path.join(w, "results", "ntk_erank", "c", "0", "0", "1", "0", "0", "0", "1", "0")
     with open(chunk, "r+b") as f:
         f.truncate(5)
     code, err, _ = _cli(capsys, "report", f"--workdir={w}")
@@ -457,7 +457,7 @@ def test_a_crash_during_the_repair_loses_no_committed_value(finished, tmp_path, 
     well and every later rerun exited 65. Now the lost chunk stays lost until it is rewritten
     whole, verify reports the unfinished repair, and the next rerun finishes it."""
     w = _copy(finished, tmp_path)
-    index = (0, 1, 0, 0, 0, 1)  # pack 1 (width 16)
+    index = (0, 0, 1, 0, 0, 0, 1)  # pack 1 (width 16)
     chunk = _member_chunk(w, "test_loss", index)
     os.remove(chunk)
     proc = _start(w, "--num_cpu_devices=4", "--config.epochs=6")  # the sweep's runtime
@@ -489,7 +489,7 @@ def test_a_repair_record_survives_and_holds_lost_chunks_until_whole(finished, tm
     from ntkbench._workdir import Workdir
 
     w = _copy(finished, tmp_path)
-    index = (0, 1, 0, 0, 0, 1)
+    index = (0, 0, 1, 0, 0, 0, 1)
     os.remove(_member_chunk(w, "test_loss", index))
     wd = Workdir(w)
     manifest = wd.read_manifest()
@@ -604,12 +604,12 @@ def test_every_runtime_change_is_seen(tmp_path, monkeypatch, change):
 def test_flipped_bits_garbage_and_truncation_are_found_and_repaired(finished, tmp_path, capsys,
                                                                       logs):
     w = _copy(finished, tmp_path)
-    flipped = _member_chunk(w, "test_loss", (0, 0, 0, 0, 0, 1))
+    flipped = _member_chunk(w, "test_loss", (0, 0, 0, 0, 0, 0, 1))
     _flip(flipped, os.path.getsize(flipped) // 2, bit=3)
-    grown = _member_chunk(w, "ntk_erank", (0, 1, 0, 0, 0, 0))
+    grown = _member_chunk(w, "ntk_erank", (0, 0, 1, 0, 0, 0, 0))
     with open(grown, "ab") as f:
         f.write(b"garbage")
-    cut = _member_chunk(w, "train_accuracy", (0, 1, 0, 0, 0, 1))
+    cut = _member_chunk(w, "train_accuracy", (0, 0, 1, 0, 0, 0, 1))
     with open(cut, "r+b") as f:
         f.truncate(os.path.getsize(cut) - 3)
     code, err, _ = _cli(capsys, "report", f"--workdir={w}")  # what `load` finds ...
@@ -654,7 +654,7 @@ def test_stores_without_checksums_load_and_are_verified_as_load_reads(finished, 
     _same(_arrays(w), finished[1])  # an older store still loads, the same values
     code, _, out = _cli(capsys, "verify", f"--workdir={w}")
     assert code == 0 and "checked by decoding alone" in out, out
-    chunk = _member_chunk(w, "test_loss", (0, 1, 0, 0, 0, 0))
+    chunk = _member_chunk(w, "test_loss", (0, 0, 1, 0, 0, 0, 0))
     with open(chunk, "ab") as f:  # Tensorstore's zstd ignores these bytes, `load` does not
         f.write(b"\0\0\0\0")
     assert _cli(capsys, "report", f"--workdir={w}")[0] == INTEGRITY
@@ -766,7 +766,7 @@ def test_an_empty_array_metadata_is_rebuilt(finished, tmp_path, capsys, logs):
 
 def test_a_chunk_replaced_by_a_folder_is_repaired(finished, tmp_path, capsys):
     w = _copy(finished, tmp_path)
-    chunk = _member_chunk(w, "test_accuracy", (0, 1, 0, 0, 0, 0))
+    chunk = _member_chunk(w, "test_accuracy", (0, 0, 1, 0, 0, 0, 0))
     os.remove(chunk)
     os.mkdir(chunk)
     code, err, _ = _cli(capsys, "verify", f"--workdir={w}")

@@ -174,6 +174,8 @@ def test_a_second_sigterm_ends_a_hung_run_at_once(tmp_path):
         pytest.skip("this machine did not reproduce the batched-eigh deadlock")
     proc.send_signal(signal.SIGTERM)
     time.sleep(3)
+    if proc.poll() in (0, INTERRUPTED):  # it was only slow (a loaded machine), not hung
+        pytest.skip("this machine did not reproduce the batched-eigh deadlock")
     assert proc.poll() is None  # the first signal waits for a chunk boundary that never comes
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
