@@ -7,6 +7,7 @@
     ntkbench calibrate --config=quick
     ntkbench profile [--widths=64,256,1024] [--devices=1,2,4,8] [--config=FILE]
     ntkbench presets
+    ntkbench --version
 
 `--config` takes a preset name (`ntkbench presets` lists them) or a Python file whose
 `get_config()` returns an `ml_collections.ConfigDict` (and that may define `model_fn`, see
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) >= 2 and argv[1] in ("--help", "-h", "help"):
         print(USAGE)
+        return 0
+    if len(argv) >= 2 and argv[1] in ("--version", "-V", "version"):
+        print(f"ntkbench {ntkbench.__version__}")  # the installed distribution's version
         return 0
     if len(argv) < 2 or argv[1] not in COMMANDS:
         given = argv[1] if len(argv) > 1 else ""

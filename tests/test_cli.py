@@ -89,3 +89,25 @@ def test_help_lists_commands_and_each_commands_flags(capsys):
     assert "--workdir" in out and "--progress" in out and "--num_cpu_devices" in out
     assert main(["ntkbench", "status", "-h"]) == 0
     assert "--workdir" in capsys.readouterr().out
+
+
+def test_version_has_one_source(capsys):
+    """`ntkbench --version`, `ntkbench.__version__` and the installed distribution agree, and
+    the installed metadata is that of pyproject.toml (a stale install would report another)."""
+    import importlib.metadata
+    import pathlib
+    import tomllib
+
+    import ntkbench
+
+    installed = importlib.metadata.version("ntkbench")
+    assert ntkbench.__version__ == installed
+    assert main(["ntkbench", "--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ntkbench {installed}"
+    out = subprocess.run([sys.executable, "-m", "ntkbench.launchers.cli", "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"ntkbench {installed}"
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert installed == declared, ("the installed metadata is stale: reinstall with "
+                                   "`pip install -e .`")
