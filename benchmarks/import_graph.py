@@ -68,6 +68,18 @@ def modules() -> dict[str, pathlib.Path]:
     return out
 
 
+def _exports(path: pathlib.Path | None) -> set[str]:
+    """The names a package's `__init__.py` lists in `__all__` (empty for a module or none)."""
+    if path is None or path.name != "__init__.py":
+        return set()
+    for node in ast.parse(path.read_text()).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                 for t in node.targets)
+                and isinstance(node.value, (ast.List, ast.Tuple))):
+            return {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return set()
+
+
 def _resolve(name: str, known: set[str]) -> str | None:
     """The longest project module that `name` (a dotted import target) is or lies in."""
     while name:
@@ -93,8 +105,12 @@ class Import:
                 parent = parent[: len(parent) - (node.level - 1)]
                 base = ".".join(parent + ([base] if base else []))
             self.base, self.names = base, tuple(alias.name for alias in node.names)
-            # `from pkg import name`: name may be a module of pkg, else an attribute of it.
-            targets = [f"{base}.{alias.name}" for alias in node.names] or [base]
+            # `from pkg import name`: name may be a module of pkg, else an attribute of it; a
+            # name pkg exports (its `__all__`) is the attribute, even where a module of pkg has
+            # the same name (`from ntkbench._train import members`, the function).
+            exported = _exports(known.get(base) if isinstance(known, dict) else None)
+            targets = [base if alias.name in exported else f"{base}.{alias.name}"
+                       for alias in node.names] or [base]
         self.targets = {hit for t in targets
                         if (hit := _resolve(t, known)) is not None and hit != module}
 
@@ -141,7 +157,7 @@ def _public_names() -> set[str]:
 def check() -> list[str]:
     """Every violation of the module docstring's rules, one line each (empty: all hold)."""
     mods = modules()
-    known = set(mods)
+    known = dict(mods)
     public_names = _public_names()
     out = []
     for module, path in mods.items():
@@ -197,7 +213,7 @@ def check() -> list[str]:
 def group_edges() -> dict[tuple[str, str], int]:
     """`{(group, imported group): number of import statements}` inside the library."""
     mods = modules()
-    known = set(mods)
+    known = dict(mods)
     edges: dict[tuple[str, str], int] = collections.Counter()
     for module, path in mods.items():
         here = group(module)
@@ -222,7 +238,7 @@ def main() -> int:
             size = sum(len(p.read_text().splitlines()) for m, p in mods.items() if group(m) == g)
             print(f"{g:13s} {size:5d} lines -> {', '.join(by_group.get(g, [])) or '-'}")
     else:
-        known = set(mods)
+        known = dict(mods)
         for module, path in mods.items():
             deps = sorted({d for imp in imports(module, path, known) for d in imp.targets})
             print(f"{len(path.read_text().splitlines()):5d}  {module}")
