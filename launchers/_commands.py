@@ -11,6 +11,7 @@ import ntkbench
 from ntkbench.launchers._config_file import (
     UsageError,
     define_config,
+    format_fields,
     parse,
     preset_or_file,
     strip_config,
@@ -167,9 +168,9 @@ def cmd_presets(argv: list[str]) -> int:
     parse(argv, lambda fv: None)
     for name, fn in ntkbench.PRESETS.items():
         print(f"{name:24s} {fn.__doc__.splitlines()[0]}")
-    print("\nfields (defaults of a custom config; docs/configuration.md explains each):")
-    for k, v in ntkbench.SweepConfig().to_dict().items():
-        print(f"  {k} = {v!r}")
+    print("\nfields of a config and their defaults (docs/configuration.md explains each; run "
+          "settings never change results; set one with --config.FIELD=VALUE):")
+    print(format_fields(ntkbench.SweepConfig().to_dict()))
     return 0
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 import ntkbench
 from ntkbench.launchers._progress import fmt_time
 

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from absl import flags, logging
 
 import ntkbench
-from ntkbench.launchers import _commands
 from ntkbench.launchers._config_file import HelpRequested, UsageError
 
 COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "presets")
@@ -83,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    from ntkbench.launchers import _commands  # after the answers that need none of it
+
     try:
         return getattr(_commands, f"cmd_{command}")(rest)
     except HelpRequested as e:

@@ -111,3 +111,16 @@ def test_version_has_one_source(capsys):
     declared = tomllib.loads(pyproject.read_text())["project"]["version"]
     assert installed == declared, ("the installed metadata is stale: reinstall with "
                                    "`pip install -e .`")
+
+
+def test_run_help_says_what_config_takes(capsys):
+    """`--config` takes a preset name or a .py file; the fields are listed as FIELD=VALUE by
+    topic, not as a YAML dump of a ConfigDict."""
+    assert main(["ntkbench", "run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "preset name" in out and "get_config()" in out and "ntkbench presets" in out
+    assert "!!python" not in out and "ConfigDict instance" not in out
+    assert "widths=(8,16,32,64,128,256,512)" in out and "training:" in out
+    assert "<auto|bar|log|none>" not in out  # absl's enum prefix, said once in the flag's head
+    assert main(["ntkbench", "run", "--config=smoke", "--help"]) == 0
+    assert "widths=(4,16)" in capsys.readouterr().out
