@@ -15,6 +15,10 @@ docs/models.md); any field can be overridden with `--config.FIELD=VALUE`. Only t
 the other launchers) parses flags, sets JAX options, touches `jax.distributed` and builds meshes;
 the library receives a frozen `SweepConfig` and a `Runtime`.
 
+Messages on a terminal are plain lines; elsewhere (log files, SLURM, CI) they keep absl's
+prefix (`I1205 13:00:47.154635 139872938081152 runner.py:56] ...`: severity, time, thread,
+source), which `--log_format=plain|absl` (any command) chooses explicitly.
+
 Exit statuses (docs/errors.md): 0 done; 2 bad input; 65 stored data inconsistent or damaged;
 70 hung (the watchdog); 74 a file could not be written or read; 75 interrupted, resumable.
 Every failure is one line on stderr, `ntkbench: error: ...`.
@@ -36,7 +40,9 @@ from ntkbench.launchers._config_file import HelpRequested, UsageError
 
 COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "presets")
 USAGE = ("usage: ntkbench COMMAND [--flag=value ...]   (`ntkbench COMMAND --help` lists its flags)\n"
-         + __doc__.split("\n\n")[1] + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
+         + __doc__.split("\n\n")[1] + "\n\n--log_format=auto|plain|absl (any command): "
+         "messages as plain lines (auto: on a terminal) or with absl's prefix of severity, "
+         "time and source (auto: elsewhere, e.g. log files)." + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
          "inconsistent or damaged, 70 hung, 74 a file could not be written, 75 interrupted "
          "(rerun to resume).")
 
@@ -64,8 +70,35 @@ class _OwnInfoOnly(std_logging.Filter):
                 or os.path.abspath(record.pathname).startswith(self._roots))
 
 
+class _Plain(std_logging.Formatter):
+    """A message as a person reads it: the text, and the severity when it is not INFO."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno == std_logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+def _log_format(argv: list[str]) -> tuple[str, list[str]]:
+    """`--log_format=VALUE` (anywhere in `argv`) and `argv` without it."""
+    value, rest = "auto", []
+    for a in argv:
+        if a.startswith("--log_format="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if value not in ("auto", "plain", "absl"):
+        raise UsageError(f"--log_format={value}: use auto, plain or absl.")
+    if value == "auto":
+        value = "plain" if sys.stderr.isatty() else "absl"
+    return value, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    try:
+        log_format, argv = _log_format(argv)
+    except UsageError as e:
+        return _fail(str(e))
     if len(argv) >= 2 and argv[1] in ("--help", "-h", "help"):
         print(USAGE)
         return 0
@@ -82,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    logging.get_absl_handler().setFormatter(_Plain() if log_format == "plain"
+                                            else logging.PythonFormatter())
     from ntkbench.launchers import _commands  # after the answers that need none of it
 
     try:
