@@ -18,7 +18,6 @@ from ntkbench.launchers._config_file import (
 )
 from ntkbench.launchers._devices import define_runtime_flags, init_runtime
 from ntkbench.launchers._profile_cmd import profile
-from ntkbench.launchers._progress import ProgressDisplay
 from ntkbench.launchers._report_cmd import calibrate, report
 from ntkbench.launchers._tables import status_table, summary_table
 from ntkbench.launchers._watch import StopFlag, Watchdog
@@ -99,7 +98,7 @@ def cmd_run(argv: list[str]) -> int:
     except ntkbench.ConfigError as e:
         raise UsageError(str(e)) from None
     runtime = init_runtime(fv)
-    display = ProgressDisplay(fv.progress, log=logging.info)
+    display = ntkbench.ProgressDisplay(fv.progress, log=logging.info)
     watchdog = Watchdog(fv.watchdog_seconds, fv.watchdog_factor) if fv.watchdog_seconds else None
     trace = _trace_hook(fv.trace_dir, 1 if config.epochs > config.chunk_epochs else 0)
 

@@ -14,7 +14,6 @@ from ntkbench.launchers._config_file import (
     parse,
     strip_config,
 )
-from ntkbench.launchers._progress import ProgressDisplay
 from ntkbench.launchers._watch import StopFlag
 
 
@@ -119,7 +118,7 @@ def calibrate(argv: list[str]) -> int:
     if fv.out and not fv.out.endswith(".py"):
         raise UsageError(f"--out={fv.out} must be a .py path (a config file), e.g. "
                          f"--out=configs/{config.name}_calibrated.py.")
-    display = ProgressDisplay("auto", log=logging.info)
+    display = ntkbench.ProgressDisplay("auto", log=logging.info)
     hooks = ntkbench.Hooks(log=display.log, progress=display, should_stop=StopFlag())
     try:
         result = ntkbench.calibrate(config, lrs=lrs, num_seeds=fv.seeds, window=window, by=by,

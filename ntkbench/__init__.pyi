@@ -35,6 +35,7 @@ from ._store import verify as verify
 from ._sweep import Calibration as Calibration
 from ._sweep import Hooks as Hooks
 from ._sweep import Progress as Progress
+from ._sweep import ProgressDisplay as ProgressDisplay
 from ._sweep import SweepResult as SweepResult
 from ._sweep import calibrate as calibrate
 from ._sweep import run as run
