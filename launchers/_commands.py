@@ -63,6 +63,13 @@ def _run_flags(fv) -> None:
     flags.DEFINE_float("watchdog_factor", 10.0, "See --watchdog_seconds.", flag_values=fv)
     flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"], "Progress display: a "
                       "bar per pack on a terminal, log lines elsewhere.", flag_values=fv)
+    flags.DEFINE_bool("tensorboard", True, "Write every member's losses, accuracies and NTK "
+                      "quantities as they are recorded to TensorBoard event files in "
+                      "WORKDIR/tensorboard/ (one run per member): `tensorboard --logdir runs/`.",
+                      flag_values=fv)
+    flags.DEFINE_string("wandb_project", None, "Also log the curves to this Weights & Biases "
+                        "project (one run per member, grouped by the sweep's name; needs the "
+                        "wandb package).", flag_values=fv)
     flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace of one chunk (the "
                         "second of the first pack trained, or its first) to this directory "
                         "(Perfetto / TensorBoard).", flag_values=fv)
@@ -111,7 +118,8 @@ def cmd_run(argv: list[str]) -> int:
                            heartbeat=heartbeat)
     try:
         outcome = ntkbench.run(config, workdir, runtime=runtime, hooks=hooks, shard=fv.shard,
-                               extend=fv.extend, model_fn=model_fn)
+                               extend=fv.extend, model_fn=model_fn,
+                               tensorboard=fv.tensorboard, wandb_project=fv.wandb_project)
     finally:
         display.close()
     if not runtime.primary:

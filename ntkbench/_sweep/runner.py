@@ -18,6 +18,7 @@ import numpy as np
 
 from ntkbench._config import Interrupted, SweepConfig
 from ntkbench._store import ResultsStore
+from ntkbench._sweep.live import LiveCurves
 from ntkbench._sweep.progress import Eta, Progress, ProgressDisplay
 from ntkbench._train import Pack, PackBuilder, Placement, minibatch_schedule
 from ntkbench._workdir import Workdir
@@ -91,6 +92,8 @@ class PackContext:
     sync: Callable[[str], None]  # a barrier across processes
     total: int  # member-epochs of this run's packs
     eta: Eta | None = None  # the time left, each pack weighted by its cost
+    live: LiveCurves | None = None  # TensorBoard / W&B curves (process 0 writes them)
+    gather: bool = False  # live curves of several processes: every one gathers, 0 writes
     done: int = 0  # member-epochs done, including skipped and restored ones
     trained: int = 0  # member-epochs trained by this run
     start: float = dataclasses.field(default_factory=time.perf_counter)
@@ -117,6 +120,26 @@ def _write_members(ctx: PackContext, indices, values: dict, num_real: int):
         for name, mats in snaps.items():
             ctx.store.write_snapshot(ids, name.removeprefix("snapshot_"), mats,
                                      committed=committed)
+
+
+def _everyone(tree):
+    """The whole of `tree` (every member, whichever process holds it) as host arrays."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _live(ctx: PackContext, start: int, values: dict, num_real: int, axis: int) -> None:
+    """Records from `start` of the pack's real members (member axis `axis`) to the live
+    curves; with several processes each one takes part in the gather, process 0 writes."""
+    if ctx.live is None and not ctx.gather:
+        return
+    host = _everyone(values) if ctx.gather else jax.tree.map(np.asarray, values)
+    if ctx.live is not None:
+        ctx.live.write(start, {k: np.take(v, np.arange(num_real), axis=axis)
+                               for k, v in host.items()})
 
 
 def _report(ctx: PackContext, pack: Pack, i: int, n: int, epoch: int, phase: str) -> None:
@@ -182,9 +205,13 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
             schedule.seek(epoch)  # the order is a function of (member, epoch): no state
         ctx.status(pack.pack_id, status="running", started=status.get("started", time.time()),
                    epochs_done=epoch)
+        if ctx.live is not None:
+            ctx.live.open_pack(pack.members, epoch)
         state, saves, chunk = _train_chunks(ctx, ckpt, pack, i, n, data, state, epoch, schedule,
                                             indices, t_pack)
         _finish_pack(ctx, ckpt, pack, data, state, indices, chunk, saves)
+        if ctx.live is not None:
+            ctx.live.close_pack()
     ctx.sync(f"ntkbench-pack-{pack.pack_id}-done")
     if ctx.primary:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the results are complete: free the disk
@@ -218,6 +245,7 @@ def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, stat
             ctx.eta.chunk(pack.pack_id, steps, time.perf_counter() - t_chunk, first=chunk == 0)
         ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
         _write(ctx, indices, epoch, out, state.diverged, epoch + steps - 1, real)
+        _live(ctx, epoch, out, real, axis=1)
         epoch += steps
         chunk += 1
         ctx.done += real * steps
@@ -250,6 +278,7 @@ def _finish_pack(ctx: PackContext, ckpt, pack: Pack, data, state, indices, chunk
     for rows, values in Placement.local_rows(final, 0, real):
         ctx.store.write_records([indices[j] for j in rows], cfg.epochs,
                                 {k: v[None] for k, v in values.items()})
+    _live(ctx, cfg.epochs, final, real, axis=0)
     _write_members(ctx, indices, {**members, **{f"snapshot_{k}": v for k, v in
                                                  snaps.items()}}, real)
     for rows, div in Placement.local_rows(state.diverged, 0, real):

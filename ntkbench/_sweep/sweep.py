@@ -14,9 +14,16 @@ import signal
 import threading
 import time
 
-from ntkbench._config import SweepConfig, from_config_dict, parse_shard, storage_guard
+from ntkbench._config import (
+    ConfigError,
+    SweepConfig,
+    from_config_dict,
+    parse_shard,
+    storage_guard,
+)
 from ntkbench._data import check_data, load_dataset
 from ntkbench._store import ResultsStore, repair
+from ntkbench._sweep.live import LiveCurves, wandb_available
 from ntkbench._sweep.progress import Eta
 from ntkbench._sweep.runner import Hooks, PackContext, train_pack
 from ntkbench._train import (
@@ -105,7 +112,8 @@ def ctrl_c_stops(log):
 
 
 def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | None = None,
-        shard=None, extend: bool = False, model_fn=None) -> SweepResult:
+        shard=None, extend: bool = False, model_fn=None, tensorboard: bool = True,
+        wandb_project: str | None = None) -> SweepResult:
     """Train every member of a sweep (or of share `shard` of its packs), recording its losses
     and NTK quantities in `workdir`.
 
@@ -128,6 +136,11 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
         extend: `config` may add members to the sweep in `workdir` (more widths, seeds, ...);
             finished members are left exactly as they are.
         model_fn: the constructor of `model="custom"` members (docs/models.md).
+        tensorboard: write every member's curves (losses, accuracies, NTK quantities) as they
+            are recorded to TensorBoard event files in `workdir/tensorboard/` (one run per
+            member; `tensorboard --logdir workdir` shows them).
+        wandb_project: also log them to this Weights & Biases project (needs the `wandb`
+            package, >= 0.19.10).
 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.load(workdir)`.
@@ -137,17 +150,21 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
             written, and running the same sweep again resumes it.
     """
     hooks = Hooks() if hooks is None else hooks
+    if wandb_project and not wandb_available():
+        raise ConfigError(f"wandb_project={wandb_project!r} needs the wandb package (pip install "
+                          "'wandb>=0.19.10'); TensorBoard curves need nothing more.")
+    live = dict(tensorboard=tensorboard, wandb_project=wandb_project)
     try:
         if hooks.should_stop is not None:
-            return _run(config, workdir, runtime, hooks, shard, extend, model_fn)
+            return _run(config, workdir, runtime, hooks, shard, extend, model_fn, live)
         with ctrl_c_stops(hooks.log) as asked:
             return _run(config, workdir, runtime, dataclasses.replace(hooks, should_stop=asked),
-                        shard, extend, model_fn)
+                        shard, extend, model_fn, live)
     finally:
         hooks.close()
 
 
-def _run(config, workdir, runtime, hooks, shard, extend, model_fn) -> SweepResult:
+def _run(config, workdir, runtime, hooks, shard, extend, model_fn, live) -> SweepResult:
     if not isinstance(config, SweepConfig):
         config = from_config_dict(config)
     runtime = Runtime.local() if runtime is None else runtime
@@ -186,15 +203,23 @@ def _run(config, workdir, runtime, hooks, shard, extend, model_fn) -> SweepResul
                            num_eval=num_eval)
         programs = {p.pack_id: (p.depth, p.padded_width, p.padded_n_train, p.num_members)
                     for p in mine}
+        on = live["tensorboard"] or bool(live["wandb_project"])
+        curves = (LiveCurves(wd.path, config, log=hooks.log, **live)
+                  if on and runtime.primary else None)
         ctx = PackContext(
             config=config, builder=builder, workdir=wd, store=store,
             writes_share_cores=runtime.platform == "cpu",
             hooks=hooks, primary=runtime.primary,
             stop=lambda: runtime.agree(hooks.should_stop()), sync=runtime.sync,
             total=sum(p.num_members for p in mine) * config.epochs,
-            eta=Eta(costs, config.epochs, programs, config.chunk_epochs))
-        for i, pack in enumerate(mine):
-            train_pack(ctx, pack, i, len(mine))
+            eta=Eta(costs, config.epochs, programs, config.chunk_epochs),
+            live=curves, gather=on and runtime.num_processes > 1)
+        try:
+            for i, pack in enumerate(mine):
+                train_pack(ctx, pack, i, len(mine))
+        finally:
+            if curves is not None:
+                curves.close()
     return SweepResult(wd.path, plan, time.perf_counter() - ctx.start, ctx.trained)
 
 
