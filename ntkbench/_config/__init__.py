@@ -49,6 +49,7 @@ from ntkbench._config.errors import (
 )
 from ntkbench._config.presets import PRESETS, get_config, preset
 from ntkbench._config.schema import (
+    ATTRS,
     AXES,
     BEST_SOURCES,
     BEST_VARIABLES,
@@ -65,6 +66,7 @@ from ntkbench._config.schema import (
     REPLICATE_AXES,
     SETTING_VARIABLES,
     SNAPSHOTS,
+    STORED_SUMMARIES,
     SUMMARY_SERIES,
     SUMMARY_VARIABLES,
     TEST_METRICS,
@@ -77,7 +79,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "ATTRS", "LR_AXES", "SETTING_VARIABLES", "STORED_SUMMARIES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

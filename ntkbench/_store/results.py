@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ntkbench._analysis import summarize
-from ntkbench._config import stored
+from ntkbench._config import ATTRS, stored
 from ntkbench._data import load_dataset
 from ntkbench._store.store import ResultsStore, read_dataset
 from ntkbench._store.verify import describe, find_damage
@@ -43,7 +43,21 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
                         ntk_epochs=list(c.ntk_epochs()), workdir=wd.path)
     if summaries:
         ds = summarize(ds)
+    for name in ds.variables:  # the summaries' too (long_name, units, description)
+        if name in ATTRS:
+            ds[name].attrs.update(ATTRS[name])
     return ds
+
+
+def store_summaries(workdir: str, store: ResultsStore) -> bool:
+    """Store the per-member summaries in the results when every member of the sweep is
+    complete, so that the store alone shows them (`xarray.open_zarr`); False when some member
+    is not complete yet (another share of the sweep still running, say)."""
+    ds = load(workdir)
+    if not bool((ds["last_record"] >= ds.sizes["epoch"] - 1).all()):
+        return False
+    store.write_summaries(ds)
+    return True
 
 
 class DamageReport(list):

@@ -14,14 +14,18 @@ retraining their packs without the bit check (there is nothing left to compare w
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorstore as ts
 
 from ntkbench._config import (
+    ATTRS,
     AXES,
     SNAPSHOTS,
+    STORED_SUMMARIES,
+    SUMMARY_SERIES,
     Group,
     IntegrityError,
     StorageError,
@@ -67,6 +71,23 @@ def _io(path: str, fn):
         raise IntegrityError(f"The results file {path} cannot be read ({first[:160]}); run "
                              "`ntkbench verify` on the workdir to find and repair the damage."
                              ) from None
+
+
+def set_attributes(path: str, name: str) -> None:
+    """Give the array at `path` the CF attributes of the variable `name` (`ATTRS`: long_name,
+    units, description) in its zarr.json, where xarray and zarr readers find them."""
+    attrs = ATTRS.get(name)
+    meta_path = os.path.join(path, "zarr.json")
+    if attrs is None or not os.path.exists(meta_path):
+        return
+    meta = read_json(meta_path, "The results array's metadata")
+    have = meta.get("attributes") or {}
+    if any(have.get(k) != v for k, v in attrs.items()):
+        meta["attributes"] = {**have, **attrs}
+        try:
+            atomic_json(meta_path, meta)
+        except OSError as e:
+            raise storage_error(meta_path, e) from None
 
 
 def open_array(path: str) -> ts.TensorStore:
@@ -123,6 +144,37 @@ class ResultsStore:
         for name, values in coords.items():
             self._write_coord(name, values)
         self._write_settings()
+        self._drop_stale_summaries()
+
+    def _drop_stale_summaries(self) -> None:
+        """The stored summaries of a grid this sweep has grown out of (an extension): removed
+        (they are written again when the grown sweep is complete; until then the group still
+        opens as one `xarray.Dataset`)."""
+        for name in STORED_SUMMARIES:
+            meta = os.path.join(self.root, name, "zarr.json")
+            if os.path.exists(meta) and tuple(read_json(meta, "The results array's metadata")
+                                              .get("shape", ())[:len(AXES)]) != self.grid:
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def write_summaries(self, ds) -> None:
+        """Store the summaries of a complete sweep (`ds`: `ntkbench.load`'s, summarized), each
+        as one chunk over the sweep axes in storage order (and `epoch` for a series), with its
+        attributes; derived values, rewritten whole each time."""
+        coords = {a: np.asarray(v) for a, v in self.config.axis_values().items()}
+        for name in STORED_SUMMARIES:
+            if name not in ds:
+                continue
+            da = ds[name].sel({a: coords[a] for a in AXES}).transpose(*AXES, ...)
+            values = np.asarray(da.values)
+            dtype, fill = (("bool", False) if values.dtype == bool
+                           else ("float64", float("nan")))
+            values = values.astype(dtype)
+            dims = AXES + (("epoch",) if name in SUMMARY_SERIES else ())
+            path = self._path(name)
+            spec = _spec(path, values.shape, dims, dtype, fill, values.shape)
+            arr = _io(path, lambda: ts.open(spec, create=True, delete_existing=True).result())
+            _io(path, lambda: arr.write(values).result())
+            set_attributes(path, name)
 
     def _write_settings(self) -> None:
         """The `SETTING` variables (each member's learning rate), a function of the config:
@@ -132,12 +184,14 @@ class ResultsStore:
         path = os.path.join(self.root, "lr")
         try:
             if np.array_equal(open_array(path).read().result(), values):
+                set_attributes(path, "lr")
                 return
         except (ValueError, OSError, RuntimeError):
             pass  # missing, damaged or of another shape: written anew
         spec = _spec(path, self.grid, AXES, "float32", _FILL["float32"], self.grid)
         arr = _io(path, lambda: ts.open(spec, create=True, delete_existing=True).result())
         _io(path, lambda: arr.write(values).result())
+        set_attributes(path, "lr")
 
     def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
         """Create the array, or open it, growing it to `shape` for an extended sweep.
@@ -147,8 +201,10 @@ class ResultsStore:
         """
         path = os.path.join(self.root, name)
         if not os.path.exists(os.path.join(path, "zarr.json")):
-            return _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks),
-                                             create=True, open=True).result())
+            arr = _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks),
+                                            create=True, open=True).result())
+            set_attributes(path, name)
+            return arr
         arr = open_array(path)
         have, labels = tuple(arr.shape), tuple(arr.domain.labels)
         if (labels != tuple(dims) or arr.dtype.name != dtype or len(have) != len(shape)
@@ -160,6 +216,7 @@ class ResultsStore:
         if have != tuple(shape):
             arr = _io(path, lambda: arr.resize(exclusive_max=list(shape), expand_only=True,
                                                resize_metadata_only=True).result())
+        set_attributes(path, name)
         return arr
 
     def _write_coord(self, name: str, values: np.ndarray) -> None:
@@ -170,6 +227,7 @@ class ResultsStore:
             arr = _io(path, lambda: ts.open(_spec(path, values.shape, (name,), dtype, fill,
                                                   values.shape), create=True, open=True).result())
             _io(path, lambda: arr.write(values).result())
+            set_attributes(path, name)
             return
         arr = open_array(path)
         have = _io(path, lambda: arr.read().result())
@@ -187,6 +245,7 @@ class ResultsStore:
                                                resize_metadata_only=True).result())
         if k < len(values):
             _io(path, lambda: arr[k:].write(values[k:]).result())
+        set_attributes(path, name)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -299,6 +358,8 @@ def read_dataset(root: str, *, snapshots: bool = False):
     if not os.path.exists(os.path.join(root, "zarr.json")):
         raise FileNotFoundError(root)
     ds = _io(root, lambda: xr.open_zarr(root, consolidated=False, zarr_format=3))
+    # The stored summaries are derived (`write_summaries`); `ntkbench.load` computes them.
+    ds = ds.drop_vars([n for n in STORED_SUMMARIES if n in ds.variables])
     snapshot = ds["ntk_snapshot"] if (snapshots and "ntk_snapshot" in ds) else None
     ds = _io(root, lambda: ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore").load())
     last = ds["last_record"]

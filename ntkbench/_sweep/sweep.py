@@ -22,7 +22,7 @@ from ntkbench._config import (
     storage_guard,
 )
 from ntkbench._data import check_data, load_dataset
-from ntkbench._store import ResultsStore, repair
+from ntkbench._store import ResultsStore, repair, store_summaries
 from ntkbench._sweep.live import LiveCurves, wandb_available
 from ntkbench._sweep.progress import Eta
 from ntkbench._sweep.runner import Hooks, PackContext, train_pack
@@ -220,6 +220,8 @@ def _run(config, workdir, runtime, hooks, shard, extend, model_fn, live) -> Swee
         finally:
             if curves is not None:
                 curves.close()
+        if runtime.primary:  # a complete sweep's store also holds its summaries
+            store_summaries(wd.path, store)
     return SweepResult(wd.path, plan, time.perf_counter() - ctx.start, ctx.trained)
 
 
