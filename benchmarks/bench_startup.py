@@ -34,7 +34,8 @@ def _time(argv: list[str] | None, repeats: int) -> tuple[list[float], str]:
     times, tail = [], ""
     for _ in range(repeats):
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=False)
         times.append(time.perf_counter() - t)
         tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
     return times, tail
@@ -42,7 +43,7 @@ def _time(argv: list[str] | None, repeats: int) -> tuple[list[float], str]:
 
 def _importtime(argv: list[str], top: int = 15) -> list[tuple[int, str]]:
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", PROBE.format(argv=argv)],
-                         capture_output=True, text=True).stderr
+                         capture_output=True, text=True, check=False).stderr
     rows = []
     for line in out.splitlines():
         if line.startswith("import time:") and "|" in line:

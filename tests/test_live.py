@@ -14,8 +14,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import ntkbench
 from ntkbench._sweep.live import LiveCurves, member_name, tag
 
-CONFIG = dict(widths=(4, 16), num_seeds=2, epochs=20, chunk_epochs=10, ntk_every=5)
-
 
 def _stop_after(n: int):
     calls = {"n": 0}
@@ -34,7 +32,8 @@ def _read(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_a_sweep_writes_tensorboard_curves_equal_to_its_results(tmp_path):
-    config = ntkbench.preset("smoke", **CONFIG)
+    config = ntkbench.preset("smoke", widths=(4, 16), num_seeds=2, epochs=20, chunk_epochs=10,
+                             ntk_every=5)
     w = tmp_path / "w"
     quiet = ntkbench.Hooks.quiet(should_stop=_stop_after(1))
     with pytest.raises(ntkbench.Interrupted):  # stopped after pack 0's first chunk ...

@@ -1,5 +1,5 @@
 """What a person sees of a sweep: the time left weighted by each pack's cost, one numbering of
-packs, plain lines without a bar, and hooks that can be switched off. No JAX runs here."""
+packs, plain lines without a bar, and hooks that can be switched off (nothing trains here)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from ntkbench._sweep.progress import Eta, Progress, ProgressDisplay, line
 
 
 def _p(**kw) -> Progress:
-    base = dict(pack_id=3, pack_index=0, num_packs=2, num_members=4, padded_width=64, epoch=10,
-                epochs=100, member_epochs_done=40, member_epochs_total=800, rate=20.0,
-                phase="train", seconds_left=52.0, pack_epochs_per_second=10.0)
+    base = {"pack_id": 3, "pack_index": 0, "num_packs": 2, "num_members": 4, "padded_width": 64,
+            "epoch": 10, "epochs": 100, "member_epochs_done": 40, "member_epochs_total": 800,
+            "rate": 20.0, "phase": "train", "seconds_left": 52.0, "pack_epochs_per_second": 10.0}
     return Progress(**{**base, **kw})
 
 
@@ -54,7 +54,8 @@ def test_log_lines_number_packs_one_way_and_show_sane_rates():
 
 
 def test_hooks_show_progress_by_default_and_quiet_shows_nothing(capsys):
-    from ntkbench import Hooks, ProgressDisplay as Public
+    from ntkbench import Hooks
+    from ntkbench import ProgressDisplay as Public
 
     assert Public is ProgressDisplay
     hooks = Hooks()

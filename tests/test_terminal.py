@@ -115,5 +115,5 @@ def test_run_on_a_terminal_draws_the_bar(tmp_path):
     assert "building and compiling" in screen, screen  # compiling is shown, not a blank
     assert "member-epochs/s, ETA" in screen, screen
     # Plain messages on a terminal: no absl prefix ("I1205 13:00:47.154635 1398... file.py:56]").
-    assert not re.search(r"^[IWE]\d{4} \d\d:\d\d", screen, re.M), screen
+    assert not re.search(r"^[IWE]\d{4} \d\d:\d\d", screen, re.MULTILINE), screen
     assert "member-epochs trained" in screen, screen

@@ -172,8 +172,8 @@ class ResultsStore:
             dims = AXES + (("epoch",) if name in SUMMARY_SERIES else ())
             path = self._path(name)
             spec = _spec(path, values.shape, dims, dtype, fill, values.shape)
-            arr = _io(path, lambda: ts.open(spec, create=True, delete_existing=True).result())
-            _io(path, lambda: arr.write(values).result())
+            arr = _io(path, lambda s=spec: ts.open(s, create=True, delete_existing=True).result())
+            _io(path, lambda a=arr, v=values: a.write(v).result())
             set_attributes(path, name)
 
     def _write_settings(self) -> None:

@@ -77,9 +77,10 @@ def pack_costs(config: SweepConfig, family: ModelFamily, packs, *, num_devices: 
     members (rounded up to the devices) x the model's forward FLOPs per example at the padded
     width x the examples of an epoch (a training step costs about 3 forward passes; the
     evaluation adds `num_eval` examples every `eval_every` epochs)."""
-    examples = lambda p: 3 * p.padded_n_train + num_eval / max(config.eval_every, 1)  # noqa: E731
+    evaluated = num_eval / max(config.eval_every, 1)
     return {p.pack_id: math.ceil(p.num_members / num_devices) * num_devices
-            * family.flops_per_example(p.padded_width, p.depth) * examples(p) for p in packs}
+            * family.flops_per_example(p.padded_width, p.depth)
+            * (3 * p.padded_n_train + evaluated) for p in packs}
 
 
 @contextlib.contextmanager
@@ -153,7 +154,7 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
     if wandb_project and not wandb_available():
         raise ConfigError(f"wandb_project={wandb_project!r} needs the wandb package (pip install "
                           "'wandb>=0.19.10'); TensorBoard curves need nothing more.")
-    live = dict(tensorboard=tensorboard, wandb_project=wandb_project)
+    live = {"tensorboard": tensorboard, "wandb_project": wandb_project}
     try:
         if hooks.should_stop is not None:
             return _run(config, workdir, runtime, hooks, shard, extend, model_fn, live)
