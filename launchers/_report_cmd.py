@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from absl import flags, logging
 
@@ -20,8 +21,9 @@ from ntkbench.launchers._watch import StopFlag
 def _define_report(fv) -> None:
     flags.DEFINE_multi_string("workdir", None, "Sweep directory; repeat it to draw several "
                               "sweeps side by side.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/report, or "
-                        "WORKDIR/compare for several).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/report for one sweep; "
+                        "./compare-<workdir names> for several, beside neither sweep).",
+                        flag_values=fv)
     flags.DEFINE_bool("allow_partial", False, "Report a sweep with unfinished members: fits use "
                       "the complete members only, and the report lists the others.",
                       flag_values=fv)
@@ -54,11 +56,29 @@ def report(argv: list[str]) -> int:
         out = fv.out or os.path.join(fv.workdir[0], "report")
         paths = ntkbench.write_report(datasets[0], out, **kw)
     else:
-        out = fv.out or os.path.join(fv.workdir[0], "compare")
+        out = fv.out or compare_dir(fv.workdir)
         paths = ntkbench.write_comparison(datasets, out, **kw)
+        differences = ntkbench.sweep_differences(datasets)
+        print("What differs between the sweeps (besides their sweep points):")
+        print("\n".join(f"  {d}" for d in differences) if differences else "  nothing")
+    print(f"wrote {len(paths)} files to {os.path.abspath(out)}:")
     for p in paths:
-        print(p)
+        print(f"  {p.name}")
     return 0
+
+
+def compare_dir(workdirs: list[str]) -> str:
+    """`compare-<name>-<name>...` in the current directory, from the workdirs' folder names.
+
+    Not inside the first sweep's workdir: a comparison belongs to no one sweep (it would be
+    lost with that workdir, or written into a sweep someone else owns or that is read-only).
+    """
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(w)))
+             for w in workdirs]
+    name = "compare-" + "-".join(names)
+    if len(name) > 80:
+        name = f"compare-{names[0]}-and-{len(names) - 1}-more"
+    return name
 
 
 def _define_calibrate(fv) -> None:

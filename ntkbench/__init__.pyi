@@ -27,6 +27,7 @@ from ._profile import format_table as format_table
 from ._profile import profile_devices as profile_devices
 from ._profile import profile_kernels as profile_kernels
 from ._profile import profile_model as profile_model
+from ._report import sweep_differences as sweep_differences
 from ._report import write_comparison as write_comparison
 from ._report import write_report as write_report
 from ._store import DamageReport as DamageReport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from ntkbench._analysis import summarize
@@ -20,7 +21,8 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
     each sorted, and `epoch`. Uncommitted records read NaN. With `summaries`, the per-member
     summaries (`T0`, `k_star`, `T_star`, `trace_ratio`, `erank_star`, `alpha_star`, ...) are
     added (`ntkbench.summarize`); with `snapshots`, the lazily read `ntk_snapshot`.
-    The attributes hold the sweep's name, dataset, model and recording strides.
+    The attributes hold the sweep's name, dataset, model and recording strides, and `config`:
+    its whole config as JSON.
 
     Example:
         >>> ds = ntkbench.load("runs/quick")  # doctest: +SKIP
@@ -40,7 +42,8 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
         c = stored(manifest["config"])
         ds.attrs.update(name=c.name, dataset=c.dataset, model=c.model, epochs=c.epochs,
                         ntk_every=c.ntk_every, eval_every=c.eval_every,
-                        ntk_epochs=list(c.ntk_epochs()), workdir=wd.path)
+                        ntk_epochs=list(c.ntk_epochs()), workdir=wd.path,
+                        config=json.dumps(c.to_dict(), sort_keys=True))
     if summaries:
         ds = summarize(ds)
     for name in ds.variables:  # the summaries' too (long_name, units, description)
