@@ -207,7 +207,9 @@ class ProgressDisplay:
             bar.set_postfix_str("building and compiling ...", refresh=False)
         elif p.phase == "train":
             bar.set_postfix_str(_short_rates(p), refresh=False)
-        bar.update(max(p.epoch - bar.n, 0))
+        if p.epoch < bar.n:  # resumed from a checkpoint older than the status file's count
+            bar.n = p.epoch
+        bar.update(p.epoch - bar.n)
         bar.refresh()
         if p.phase == "done":
             self.close()
