@@ -14,10 +14,11 @@ def fmt_time(s: float) -> str:
 
 
 def _table(rows: list[list], headers: list[str], left: tuple[str, ...] = ()) -> str:
-    """A plain-text table (tabulate's "simple" format): columns right-aligned but `left`."""
+    """A plain-text table (tabulate's "plain" format: a header line, then one line per row;
+    scripts read its columns): right-aligned but the columns `left`."""
     from tabulate import tabulate  # here: help and `presets` answer without it
 
-    return tabulate(rows, headers, tablefmt="simple", disable_numparse=True,
+    return tabulate(rows, headers, tablefmt="plain", disable_numparse=True,
                     colalign=["left" if h in left else "right" for h in headers])
 
 
