@@ -32,9 +32,13 @@ def _run(config, workdir, **kw):
 
 
 def _record_files(workdir):
-    """Every stored chunk of the results (not metadata or coordinates): path -> (mtime, bytes)."""
+    """Every stored chunk of the results: path -> (mtime, bytes). Not metadata or coordinates,
+    nor what is rewritten whole by design: the settings (`lr`, a function of the config, written
+    when the store opens) and the summaries (derived, written when the sweep completes)."""
+    from ntkbench._config import SETTING_VARIABLES, STORED_SUMMARIES
+
     root = os.path.join(workdir, "results")
-    coords = set(AXES) | {"epoch", "row", "col"}
+    coords = set(AXES) | {"epoch", "row", "col"} | set(STORED_SUMMARIES) | set(SETTING_VARIABLES)
     out = {}
     for dirpath, _, files in os.walk(root):
         rel = os.path.relpath(dirpath, root).split(os.sep)[0]
