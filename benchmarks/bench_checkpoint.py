@@ -38,14 +38,16 @@ def _time(config) -> tuple[float, int, int, float]:
     lines = []
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        ntkbench.run(config, d, hooks=ntkbench.Hooks(log=lines.append))
+        ntkbench.run(config, d, hooks=ntkbench.Hooks(log=lines.append, progress=False),
+                     tensorboard=False)
         seconds = time.perf_counter() - t0
-    found = [re.search(r"(\d+) checkpoint\(s\) written, training blocked ([0-9.]+)s by them, "
-                       r"writing in the background ([0-9.]+)s; (\d+) due", s) for s in lines]
+    found = [re.search(r"(\d+) checkpoint\(s\) written; they held training up ([0-9.]+)s "
+                       r"and took ([0-9.]+)s in the background(?:; (\d+) skipped)?", s)
+             for s in lines]
     written = sum(int(m.group(1)) for m in found if m)
     blocked = sum(float(m.group(2)) for m in found if m)
     background = sum(float(m.group(3)) for m in found if m)
-    postponed = sum(int(m.group(4)) for m in found if m)
+    postponed = sum(int(m.group(4) or 0) for m in found if m)
     return seconds, written, postponed, blocked, background
 
 

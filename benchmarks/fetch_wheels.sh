@@ -14,6 +14,7 @@
 #   ml_collections                             (-> absl-py, PyYAML: usually there)
 #   zarr  -> numcodecs, donfig, google-crc32c  (-> numpy, packaging, typing-extensions, PyYAML)
 #   tqdm, jaxtyping -> wadler_lindig           (often there already; gpu_check.sh skips them then)
+#   tabulate, tensorboardX                     (-> numpy, packaging, protobuf: usually there)
 #
 # Versions are pinned to the ones the test suite ran with (override one with e.g.
 # GRAIN=grain==0.2.19). Only binary wheels for Linux x86_64 CPython are fetched, with no
@@ -36,6 +37,8 @@ PKGS=(
   "${TQDM:-tqdm==4.67.1}"
   "${JAXTYPING:-jaxtyping==0.3.11}"
   "${WADLER_LINDIG:-wadler_lindig==0.1.8}"
+  "${TABULATE:-tabulate==0.10.0}"
+  "${TENSORBOARDX:-tensorboardX==2.6.5}"
 )
 
 # pip matches manylinux_2_N tags exactly: name the ones these packages ship.

@@ -159,7 +159,7 @@ def _public_names() -> set[str]:
 def check() -> list[str]:
     """Every violation of the module docstring's rules, one line each (empty: all hold)."""
     mods = modules()
-    known = set(mods)
+    known = dict(mods)
     public_names = _public_names()
     out = []
     for module, path in mods.items():
@@ -215,7 +215,7 @@ def check() -> list[str]:
 def group_edges() -> dict[tuple[str, str], int]:
     """`{(group, imported group): number of import statements}` inside the library."""
     mods = modules()
-    known = set(mods)
+    known = dict(mods)
     edges: dict[tuple[str, str], int] = collections.Counter()
     for module, path in mods.items():
         here = group(module)
@@ -240,7 +240,7 @@ def main() -> int:
             size = sum(len(p.read_text().splitlines()) for m, p in mods.items() if group(m) == g)
             print(f"{g:13s} {size:5d} lines -> {', '.join(by_group.get(g, [])) or '-'}")
     else:
-        known = set(mods)
+        known = dict(mods)
         for module, path in mods.items():
             deps = sorted({d for imp in imports(module, path, known) for d in imp.targets})
             print(f"{len(path.read_text().splitlines()):5d}  {module}")

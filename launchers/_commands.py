@@ -12,13 +12,13 @@ import ntkbench
 from ntkbench.launchers._config_file import (
     UsageError,
     define_config,
+    format_fields,
     parse,
     preset_or_file,
     strip_config,
 )
 from ntkbench.launchers._devices import define_runtime_flags, init_runtime
 from ntkbench.launchers._profile_cmd import coordcheck, profile
-from ntkbench.launchers._progress import ProgressDisplay
 from ntkbench.launchers._report_cmd import calibrate, report
 from ntkbench.launchers._tables import status_table, summary_table
 from ntkbench.launchers._watch import StopFlag, Watchdog
@@ -64,6 +64,13 @@ def _run_flags(fv) -> None:
     flags.DEFINE_float("watchdog_factor", 10.0, "See --watchdog_seconds.", flag_values=fv)
     flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"], "Progress display: a "
                       "bar per pack on a terminal, log lines elsewhere.", flag_values=fv)
+    flags.DEFINE_bool("tensorboard", True, "Write every member's losses, accuracies and NTK "
+                      "quantities as they are recorded to TensorBoard event files in "
+                      "WORKDIR/tensorboard/ (one run per member): `tensorboard --logdir runs/`.",
+                      flag_values=fv)
+    flags.DEFINE_string("wandb_project", None, "Also log the curves to this Weights & Biases "
+                        "project (one run per member, grouped by the sweep's name; needs the "
+                        "wandb package).", flag_values=fv)
     flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace of one chunk (the "
                         "second of the first pack trained, or its first) to this directory "
                         "(Perfetto / TensorBoard).", flag_values=fv)
@@ -114,7 +121,7 @@ def cmd_run(argv: list[str]) -> int:
         raise UsageError(str(e)) from None
     _check_watchdog(fv)
     runtime = init_runtime(fv)
-    display = ProgressDisplay(fv.progress, log=logging.info)
+    display = ntkbench.ProgressDisplay(fv.progress, log=logging.info)
     watchdog = Watchdog(fv.watchdog_seconds, fv.watchdog_factor) if fv.watchdog_seconds else None
     trace = _trace_hook(fv.trace_dir, 1 if config.epochs > config.chunk_epochs else 0)
 
@@ -128,7 +135,8 @@ def cmd_run(argv: list[str]) -> int:
     try:
         outcome = ntkbench.run(config, workdir, runtime=runtime, hooks=hooks, shard=fv.shard,
                                extend=fv.extend, model_fn=model_fn,
-                               allow_runtime_change=fv.allow_runtime_change)
+                               allow_runtime_change=fv.allow_runtime_change,
+                               tensorboard=fv.tensorboard, wandb_project=fv.wandb_project)
     finally:
         display.close()
     if not runtime.primary:
@@ -189,9 +197,9 @@ def cmd_presets(argv: list[str]) -> int:
     parse(argv, lambda fv: None)
     for name, fn in ntkbench.PRESETS.items():
         print(f"{name:24s} {fn.__doc__.splitlines()[0]}")
-    print("\nfields (defaults of a custom config; docs/configuration.md explains each):")
-    for k, v in ntkbench.SweepConfig().to_dict().items():
-        print(f"  {k} = {v!r}")
+    print("\nfields of a config and their defaults (docs/configuration.md explains each; run "
+          "settings never change results; set one with --config.FIELD=VALUE):")
+    print(format_fields(ntkbench.SweepConfig().to_dict()))
     return 0
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
+import textwrap
 import traceback
 
 from absl import flags
 
-from ntkbench import PRESETS, ConfigError, get_config
+from ntkbench import PRESETS, ConfigError, SweepConfig, get_config
 
 
 class UsageError(Exception):
@@ -27,6 +29,103 @@ class HelpRequested(Exception):  # noqa: N818 - not an error: `--help` was asked
     """`--help` on a command: the text to print (exit status 0)."""
 
 
+#: SweepConfig lists its fields by topic; the first field of each topic names it in help texts.
+SECTIONS = {"name": "sweep", "dataset": "data", "model": "models", "epochs": "training",
+            "n_test": "NTK records", "max_packs_per_group": "run settings"}
+
+
+def _value(v) -> str:
+    """A field's value as it is typed on the command line: `(8,64)`, `digits`, `''`."""
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, str):
+        return v if v and " " not in v else repr(v)
+    return repr(v)
+
+
+def format_fields(fields: dict, indent: str = "  ", width: int = 100) -> str:
+    """`FIELD=VALUE` of every config field, one line per topic (`SECTIONS`), wrapped."""
+    lines, topic, items = [], None, []
+    label = max(len(t) for t in SECTIONS.values()) + 2
+
+    def flush():
+        if topic is not None:
+            head = f"{indent}{topic + ':':<{label}}"
+            lines.extend(textwrap.wrap("  ".join(items), width, initial_indent=head,
+                                       subsequent_indent=" " * len(head),
+                                       break_on_hyphens=False, break_long_words=False))
+
+    for name, value in fields.items():
+        if name in SECTIONS:
+            flush()
+            topic, items = SECTIONS[name], []
+        items.append(f"{name}={_value(value)}")
+    flush()
+    return "\n".join(lines)
+
+
+def _flag_help(flag, width: int = 100) -> str:
+    if flag.boolean:
+        head = f"--[no]{flag.name}"
+    elif getattr(flag.parser, "enum_values", None):
+        head = f"--{flag.name}={'|'.join(flag.parser.enum_values)}"
+    else:
+        head = f"--{flag.name}"
+    text = re.sub(r"^<[^>]*>: ", "", flag.help)  # absl prefixes an enum's help with its values
+    text = re.sub(r";\s*repeat this option to specify a list of values", " (repeatable)",
+                  " ".join(text.split()))
+    if flag.default not in (None, "", []) and not flag.boolean:
+        text += f" (default: {flag.default_as_str.strip(chr(39))})"
+    elif flag.boolean:
+        text += f" (default: {'on' if flag.default else 'off'})"
+    return head + "\n" + textwrap.fill(text, width, initial_indent="    ",
+                                       subsequent_indent="    ")
+
+
+def _config_help(fv, command: str) -> str:
+    cd = fv["config"].value
+    name = cd.get("name", "quick")
+    return "\n".join([
+        "--config=NAME|FILE.py",
+        textwrap.fill(
+            f"A preset name ({', '.join(PRESETS)}; `ntkbench presets` says what each one is; "
+            "default quick), or a Python file whose get_config() returns an "
+            "ml_collections.ConfigDict, e.g. ntkbench.get_config('quick') with some fields "
+            "set; the file may also define model_fn to sweep your own Equinox model "
+            "(docs/models.md).", 100, initial_indent="    ", subsequent_indent="    "),
+        "--config.FIELD=VALUE",
+        textwrap.fill(
+            "Set one field of the config, e.g. --config.epochs=100 --config.widths='(8,64,512)'"
+            f". The fields and their values in --config={name} (docs/configuration.md "
+            "explains each; run settings never change results):", 100, initial_indent="    ", subsequent_indent="    "),
+        format_fields(ordered(cd.to_dict()), indent="      ")])
+
+
+def ordered(fields: dict) -> dict:
+    """Config fields in SweepConfig's order (by topic), any others after them."""
+    order = list(SweepConfig().to_dict())
+    return {**{k: fields[k] for k in order if k in fields},
+            **{k: v for k, v in fields.items() if k not in order}}
+
+
+def _help(fv, command: str) -> str:
+    """`COMMAND --help`: what `--config` takes and the config's fields, then the other flags."""
+    has_config = "config" in fv
+    usage = f"usage: {command}" + (" --config=NAME|FILE.py [--config.FIELD=VALUE ...]"
+                                   if has_config else "") + " [--flag=value ...]"
+    seen, blocks = set(), []
+    for module_flags in fv.flags_by_module_dict().values():
+        for flag in module_flags:
+            if flag.name in seen or flag.name.startswith("config"):
+                continue
+            seen.add(flag.name)
+            blocks.append(_flag_help(flag))
+    parts = [usage, ""]
+    if has_config:
+        parts += [_config_help(fv, command), ""]
+    return "\n".join(parts + (["flags:"] if blocks else []) + blocks)
+
+
 def parse(argv: list[str], define) -> flags.FlagValues:
     """Parse `argv` with the flags `define(fv)` declares; stray positional arguments are bad
     input (they are usually a missing `--` or `=`)."""
@@ -34,8 +133,7 @@ def parse(argv: list[str], define) -> flags.FlagValues:
     try:
         define(fv)
         if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
-            raise HelpRequested(f"usage: {argv[0]} [--flag=value ...]\n\n"
-                                + fv.get_help(include_special_flags=False))
+            raise HelpRequested(_help(fv, argv[0]))
         rest = fv(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from absl import flags, logging
 
@@ -14,15 +15,15 @@ from ntkbench.launchers._config_file import (
     parse,
     strip_config,
 )
-from ntkbench.launchers._progress import ProgressDisplay
 from ntkbench.launchers._watch import StopFlag
 
 
 def _define_report(fv) -> None:
     flags.DEFINE_multi_string("workdir", None, "Sweep directory; repeat it to draw several "
                               "sweeps side by side.", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/report, or "
-                        "WORKDIR/compare for several).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/report for one sweep; "
+                        "./compare-<workdir names> for several, beside neither sweep).",
+                        flag_values=fv)
     flags.DEFINE_bool("allow_partial", False, "Report a sweep with unfinished members: fits use "
                       "the complete members only, and the report lists the others.",
                       flag_values=fv)
@@ -51,7 +52,8 @@ def report(argv: list[str]) -> int:
                              "LO,HI with LO < HI, e.g. --kstar_window=400,1000.")
     kw = dict(allow_partial=fv.allow_partial, include_flagged=fv.include_flagged,
               kstar_window=None if window is None else tuple(window))
-    out = fv.out or os.path.join(fv.workdir[0], "report" if len(datasets) == 1 else "compare")
+    out = fv.out or (os.path.join(fv.workdir[0], "report") if len(datasets) == 1
+                     else compare_dir(fv.workdir))
     try:
         if len(datasets) == 1:
             paths = ntkbench.write_report(datasets[0], out, **kw)
@@ -63,9 +65,28 @@ def report(argv: list[str]) -> int:
         error = ntkbench.StorageError.of(out, e)
         raise ntkbench.StorageError(f"{str(error).rstrip('.')}; or write the report elsewhere "
                                     "with --out=DIR.") from None
+    if len(datasets) > 1:
+        differences = ntkbench.sweep_differences(datasets)
+        print("What differs between the sweeps (besides their sweep points):")
+        print("\n".join(f"  {d}" for d in differences) if differences else "  nothing")
+    print(f"wrote {len(paths)} files to {os.path.abspath(out)}:")
     for p in paths:
-        print(p)
+        print(f"  {p.name}")
     return 0
+
+
+def compare_dir(workdirs: list[str]) -> str:
+    """`compare-<name>-<name>...` in the current directory, from the workdirs' folder names.
+
+    Not inside the first sweep's workdir: a comparison belongs to no one sweep (it would be
+    lost with that workdir, or written into a sweep someone else owns or that is read-only).
+    """
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(w)))
+             for w in workdirs]
+    name = "compare-" + "-".join(names)
+    if len(name) > 80:
+        name = f"compare-{names[0]}-and-{len(names) - 1}-more"
+    return name
 
 
 def _define_calibrate(fv) -> None:
@@ -127,7 +148,7 @@ def calibrate(argv: list[str]) -> int:
     if fv.out and not fv.out.endswith(".py"):
         raise UsageError(f"--out={fv.out} must be a .py path (a config file), e.g. "
                          f"--out=configs/{config.name}_calibrated.py.")
-    display = ProgressDisplay("auto", log=logging.info)
+    display = ntkbench.ProgressDisplay("auto", log=logging.info)
     hooks = ntkbench.Hooks(log=display.log, progress=display, should_stop=StopFlag())
     try:
         result = ntkbench.calibrate(config, lrs=lrs, num_seeds=fv.seeds, window=window, by=by,

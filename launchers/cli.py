@@ -8,12 +8,17 @@
     ntkbench profile [--widths=64,256,1024] [--devices=1,2,4,8] [--config=FILE]
     ntkbench coordcheck --config=quick --config.parametrization='("standard","mup")' 
     ntkbench presets
+    ntkbench --version
 
 `--config` takes a preset name (`ntkbench presets` lists them) or a Python file whose
 `get_config()` returns an `ml_collections.ConfigDict` (and that may define `model_fn`, see
 docs/models.md); any field can be overridden with `--config.FIELD=VALUE`. Only this module (and
 the other launchers) parses flags, sets JAX options, touches `jax.distributed` and builds meshes;
 the library receives a frozen `SweepConfig` and a `Runtime`.
+
+Messages on a terminal are plain lines; elsewhere (log files, SLURM, CI) they keep absl's
+prefix (`I1205 13:00:47.154635 139872938081152 runner.py:56] ...`: severity, time, thread,
+source), which `--log_format=plain|absl` (any command) chooses explicitly.
 
 Exit statuses (docs/errors.md): 0 done; 2 bad input; 65 stored data inconsistent or damaged;
 70 hung (the watchdog); 74 a file could not be written or read; 75 interrupted, resumable.
@@ -34,13 +39,14 @@ from collections.abc import Sequence
 from absl import flags, logging
 
 import ntkbench
-from ntkbench.launchers import _commands
 from ntkbench.launchers._config_file import HelpRequested, UsageError
 
 COMMANDS = ("run", "status", "report", "verify", "calibrate", "profile", "coordcheck",
             "presets")
 USAGE = ("usage: ntkbench COMMAND [--flag=value ...]   (`ntkbench COMMAND --help` lists its flags)\n"
-         + __doc__.split("\n\n")[1] + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
+         + __doc__.split("\n\n")[1] + "\n\n--log_format=auto|plain|absl (any command): "
+         "messages as plain lines (auto: on a terminal) or with absl's prefix of severity, "
+         "time and source (auto: elsewhere, e.g. log files)." + "\n\nExit statuses: 0 done, 2 bad input, 65 stored data "
          "inconsistent or damaged, 70 hung, 74 a file could not be written, 75 interrupted "
          "(rerun to resume).")
 
@@ -85,10 +91,40 @@ class _OwnInfoOnly(std_logging.Filter):
                 or os.path.abspath(record.pathname).startswith(self._roots))
 
 
+class _Plain(std_logging.Formatter):
+    """A message as a person reads it: the text, and the severity when it is not INFO."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno == std_logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+def _log_format(argv: list[str]) -> tuple[str, list[str]]:
+    """`--log_format=VALUE` (anywhere in `argv`) and `argv` without it."""
+    value, rest = "auto", []
+    for a in argv:
+        if a.startswith("--log_format="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if value not in ("auto", "plain", "absl"):
+        raise UsageError(f"--log_format={value}: use auto, plain or absl.")
+    if value == "auto":
+        value = "plain" if sys.stderr.isatty() else "absl"
+    return value, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    try:
+        log_format, argv = _log_format(argv)
+    except UsageError as e:
+        return _fail(str(e))
     if len(argv) >= 2 and argv[1] in ("--help", "-h", "help"):
         print(USAGE)
+        return 0
+    if len(argv) >= 2 and argv[1] in ("--version", "-V", "version"):
+        print(f"ntkbench {ntkbench.__version__}")  # the installed distribution's version
         return 0
     if len(argv) < 2 or argv[1] not in COMMANDS:
         given = argv[1] if len(argv) > 1 else ""
@@ -102,18 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding caller): its handlers stay
         pass
     try:
-        return _command(command, rest)
+        return _command(command, rest, log_format)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _command(command: str, rest: list[str]) -> int:
+def _command(command: str, rest: list[str], log_format: str) -> int:
     if not flags.FLAGS.is_parsed():  # absl logging reads its own flags; we parse ours per command
         flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    logging.get_absl_handler().setFormatter(_Plain() if log_format == "plain"
+                                            else logging.PythonFormatter())
+    from ntkbench.launchers import _commands  # after the answers that need none of it
+
     try:
         return getattr(_commands, f"cmd_{command}")(rest)
     except KeyboardInterrupt as e:  # Ctrl-C, or a signal before `run` trains (nothing lost)

@@ -17,14 +17,20 @@ costs nothing, and the configs, presets and errors load without JAX, so the comm
 takes seconds on a 2-core machine). docs/architecture.md shows the groups behind the API.
 """
 
-import importlib.metadata
-
 import lazy_loader
 
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
-
-try:
-    __version__ = importlib.metadata.version("ntkbench")
-except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+_getattr, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
 __all__ = [*__all__, "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "__version__":  # the installed distribution's: one source of truth
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("ntkbench")
+        except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+            version = "0+unknown"
+        globals()["__version__"] = version
+        return version
+    return _getattr(name)

@@ -31,6 +31,7 @@ from ._profile import profile_devices as profile_devices
 from ._profile import profile_kernels as profile_kernels
 from ._profile import profile_model as profile_model
 from ._profile import write_coordcheck as write_coordcheck
+from ._report import sweep_differences as sweep_differences
 from ._report import write_comparison as write_comparison
 from ._report import write_report as write_report
 from ._store import DamageReport as DamageReport
@@ -39,6 +40,7 @@ from ._store import verify as verify
 from ._sweep import Calibration as Calibration
 from ._sweep import Hooks as Hooks
 from ._sweep import Progress as Progress
+from ._sweep import ProgressDisplay as ProgressDisplay
 from ._sweep import SweepResult as SweepResult
 from ._sweep import calibrate as calibrate
 from ._sweep import run as run

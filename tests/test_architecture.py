@@ -42,9 +42,12 @@ def test_every_public_name_resolves():
 
 def test_the_cli_answers_help_and_presets_without_jax():
     code = ("import sys\nfrom ntkbench.launchers.cli import main\n"
-            "for argv in (['--help'], ['run', '--help'], ['presets'], ['status', '--help'],"
+            "for argv in (['--help'], ['--version'], ['run', '--help'], ['presets'],"
+            " ['status', '--help'], ['report', '--help'], ['run', '--log_format=plain', '--help'],"
             " ['run', '--config=quick', '--config.lr=abc', '--workdir=/nonexistent/w']):\n"
             "    main(['ntkbench', *argv])\n"
-            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)\n")
+            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)\n"
+            "slow = {'matplotlib', 'tensorboardX', 'tqdm', 'numpy'} & set(sys.modules)\n"
+            "assert not slow, slow\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

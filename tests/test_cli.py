@@ -89,3 +89,38 @@ def test_help_lists_commands_and_each_commands_flags(capsys):
     assert "--workdir" in out and "--progress" in out and "--num_cpu_devices" in out
     assert main(["ntkbench", "status", "-h"]) == 0
     assert "--workdir" in capsys.readouterr().out
+
+
+def test_version_has_one_source(capsys):
+    """`ntkbench --version`, `ntkbench.__version__` and the installed distribution agree, and
+    the installed metadata is that of pyproject.toml (a stale install would report another)."""
+    import importlib.metadata
+    import pathlib
+    import tomllib
+
+    import ntkbench
+
+    installed = importlib.metadata.version("ntkbench")
+    assert ntkbench.__version__ == installed
+    assert main(["ntkbench", "--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ntkbench {installed}"
+    out = subprocess.run([sys.executable, "-m", "ntkbench.launchers.cli", "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"ntkbench {installed}"
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert installed == declared, ("the installed metadata is stale: reinstall with "
+                                   "`pip install -e .`")
+
+
+def test_run_help_says_what_config_takes(capsys):
+    """`--config` takes a preset name or a .py file; the fields are listed as FIELD=VALUE by
+    topic, not as a YAML dump of a ConfigDict."""
+    assert main(["ntkbench", "run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "preset name" in out and "get_config()" in out and "ntkbench presets" in out
+    assert "!!python" not in out and "ConfigDict instance" not in out
+    assert "widths=(8,16,32,64,128,256,512)" in out and "training:" in out
+    assert "<auto|bar|log|none>" not in out  # absl's enum prefix, said once in the flag's head
+    assert main(["ntkbench", "run", "--config=smoke", "--help"]) == 0
+    assert "widths=(4,16)" in capsys.readouterr().out

@@ -6,6 +6,7 @@ Synthetic sweeps use the stored schema (all six sweep axes, the member variables
 member scaled by exp(0.02·N(0, 1)).
 """
 
+import os
 import shutil
 
 import numpy as np
@@ -184,8 +185,11 @@ def test_labels_collide_and_get_names():
     assert labels == ["digits / mlp / depth 3 (quick)", "digits / mlp / depth 3 (other)",
                       "mnist / mlp / depth 3"]
     same = sweep_labels([a, a.assign_attrs(workdir="elsewhere")])[0]
-    assert same == ["digits / mlp / depth 3 (quick, runs/quick)",
+    assert same == ["digits / mlp / depth 3 (quick, quick)",  # the workdirs' folder names
                     "digits / mlp / depth 3 (quick, elsewhere)"]
+    whole = sweep_labels([a, a.assign_attrs(workdir="other/quick")])[0]
+    assert whole == ["digits / mlp / depth 3 (quick, runs/quick)",  # folder names collide too
+                     "digits / mlp / depth 3 (quick, other/quick)"]
     assert len(set(sweep_labels([a, a])[0])) == 2
     # Sharing one depth is enough to collide: both would draw a "digits / mlp / depth 4" curve.
     two = sweep_labels([make_sweep(name="m", depth=(3, 4)), make_sweep(name="d", depth=(4,))])
@@ -269,14 +273,18 @@ def test_real_sweeps_through_the_cli(real_sweeps, tmp_path, capsys):
     assert f"{partial}: 4 of 4 members are incomplete" in err[0]
     assert "--allow_partial" in err[0] and not out.exists()
 
-    # Six epochs put every k* at the last epoch (flagged): fitted here on request only.
+    # Six epochs put every k* at the last one: fit the flagged points too (this is about the
+    # command's plumbing; the flags have their own tests).
     assert main(["ntkbench", "report", f"--workdir={done}", f"--workdir={partial}",
                  f"--out={out}", "--allow_partial", "--include_flagged"]) == 0
-    printed = capsys.readouterr().out.split()
-    assert printed == [str(out / n) for n in ("fig2_scaling.png", "fig3_transition.png",
-                                              "compare.md")]
+    printed = capsys.readouterr().out
+    # The same sweep twice: nothing differs but the sweep points; then where the files went.
+    assert printed == ("What differs between the sweeps (besides their sweep points):\n"
+                       f"  nothing\nwrote 3 files to {out}:\n  fig2_scaling.png\n"
+                       "  fig3_transition.png\n  compare.md\n")
     md = (out / "compare.md").read_text()
-    label = f"synthetic / mlp / depth 2 (smoke, {done})"
+    assert "## What differs between the sweeps\n\nNothing beyond their sweep points" in md
+    label = "synthetic / mlp / depth 2 (smoke, done)"
     rows = fit_rows(md)
     r = row(rows, sweep=label, quantity="min_test_loss")
     assert r["points used"] == "2/2" and np.isfinite(estimate(r))
@@ -286,7 +294,7 @@ def test_real_sweeps_through_the_cli(real_sweeps, tmp_path, capsys):
     assert "  - width=4, seed=1: records 0..2 of 6\n  - width=16, seed=0: no record " \
            "committed" in md  # the first chunk of the first pack only
     skipped = md.split("## Skipped")[1]
-    partial_label = f"synthetic / mlp / depth 2 (smoke, {partial})"
+    partial_label = "synthetic / mlp / depth 2 (smoke, partial)"
     assert f"Fig. 2: min_test_loss of {partial_label} has no finite value; not drawn or " \
            "fitted" in skipped
     assert not [r for r in rows if r["sweep"] == partial_label]  # nothing to fit
@@ -298,9 +306,30 @@ def test_real_sweep_beside_synthetic(real_sweeps, tmp_path):
     real = ntkbench.load(done)
     assert not bool(incomplete_members(real).any())
     paths = ntkbench.write_comparison([real, make_sweep()], tmp_path, num_bootstrap=50,
-                                      include_flagged=True)  # six epochs: k* at the end
+                                      include_flagged=True)  # six epochs: k* at the last one
     md = paths[-1].read_text()
     rows = fit_rows(md)
     assert row(rows, sweep="synthetic / mlp / depth 2", quantity="T0")["points used"] == "2/2"
     assert abs(estimate(row(rows, sweep="digits / mlp / depth 3", quantity="T0",
                             fit="power law")) - 0.25) < 0.02
+
+
+def test_compare_says_what_differs_and_writes_beside_neither_sweep(real_sweeps, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Sweeps trained differently (epochs, lr, n_test) are compared with a word of it, on stdout
+    and in compare.md; by default the files go to ./compare-<names>, not into a sweep."""
+    done, _ = real_sweeps
+    other = str(tmp_path / "longer")
+    ntkbench.run(ntkbench.preset("smoke", epochs=8, ntk_every=4, lr=1e-2, n_test=8), other,
+                 hooks=ntkbench.Hooks.quiet(), tensorboard=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["ntkbench", "report", f"--workdir={done}", f"--workdir={other}"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("  epochs: 6 (done), 8 (longer)", "  lr: 0.003 (done), 0.01 (longer)",
+                 "  n_test: 16 (done), 8 (longer)", "  ntk_every: 3 (done), 4 (longer)"):
+        assert line + "\n" in printed, printed
+    out = tmp_path / "compare-done-longer"
+    assert f"wrote 3 files to {out}:" in printed
+    md = (out / "compare.md").read_text()
+    assert "- lr: 0.003 (done), 0.01 (longer)" in md
+    assert not [p for p in os.listdir(done) if p.startswith("compare")]  # not into a sweep

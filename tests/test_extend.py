@@ -10,7 +10,8 @@ import pytest
 import ntkbench
 from ntkbench import IntegrityError, WorkdirError
 from ntkbench import load as _load
-from ntkbench._config import AXES, EPOCH_VARIABLES, NTK_EXACT, SETTING_VARIABLES
+from ntkbench._config import (AXES, EPOCH_VARIABLES, NTK_EXACT, SETTING_VARIABLES,
+                              STORED_SUMMARIES)
 from ntkbench._store import ResultsStore
 from ntkbench.launchers.cli import main
 
@@ -32,10 +33,11 @@ def _run(config, workdir, **kw):
 
 
 def _record_files(workdir):
-    """Every stored chunk of the results (not metadata, coordinates or the `lr` settings, which
-    are functions of the config, rewritten whole when the grid grows): path -> (mtime, bytes)."""
+    """Every stored chunk of the results: path -> (mtime, bytes). Not metadata or coordinates,
+    nor what is rewritten whole by design: the settings (`lr`, a function of the config, written
+    when the store opens) and the summaries (derived, written when the sweep completes)."""
     root = os.path.join(workdir, "results")
-    coords = set(AXES) | {"epoch", "row", "col"} | set(SETTING_VARIABLES)
+    coords = set(AXES) | {"epoch", "row", "col"} | set(STORED_SUMMARIES) | set(SETTING_VARIABLES)
     out = {}
     for dirpath, _, files in os.walk(root):
         rel = os.path.relpath(dirpath, root).split(os.sep)[0]

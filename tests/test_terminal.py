@@ -9,12 +9,16 @@ not provide fail as they would there (tests/_declared.py).
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import pathlib
 import pty
+import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -66,6 +70,8 @@ def test_every_import_is_declared():
 def _on_terminal(argv: list[str], cwd, timeout: float) -> tuple[int, str]:
     """Run `argv` with stdin, stdout and stderr on a pseudo-terminal: `(status, screen text)`."""
     master, slave = pty.openpty()
+    # A terminal of 40 x 120 (a bare pseudo-terminal is 0 columns wide: tqdm would draw nothing).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
                             close_fds=True, env={**os.environ, "COLUMNS": "120",
                                                  "TERM": "xterm"})
@@ -104,5 +110,10 @@ def test_run_on_a_terminal_draws_the_bar(tmp_path):
         tmp_path, timeout=600)
     assert status == 0, screen
     assert "Traceback" not in screen and "ModuleNotFoundError" not in screen, screen
-    assert "\r" in screen and "epoch" in screen, screen  # a bar redrawn in place
+    assert "\r" in screen and "20/20 epochs" in screen, screen  # a bar redrawn in place
+    assert "[1/2] pack 0" in screen and "[2/2] pack 1" in screen, screen  # one numbering
+    assert "building and compiling" in screen, screen  # compiling is shown, not a blank
+    assert "member-epochs/s, ETA" in screen, screen
+    # Plain messages on a terminal: no absl prefix ("I1205 13:00:47.154635 1398... file.py:56]").
+    assert not re.search(r"^[IWE]\d{4} \d\d:\d\d", screen, re.MULTILINE), screen
     assert "member-epochs trained" in screen, screen

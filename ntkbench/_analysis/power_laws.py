@@ -3,15 +3,27 @@
 The replicates (seeds) at each `x` are averaged before the log-log fit and resampled for the
 interval; points without a finite, positive mean are left out and listed in `dropped`. The fits
 of a whole sweep, one per value of the other axes, are in `fits.py`.
+
+The intervals come from `scipy.stats.bootstrap` (a percentile bootstrap, one sample per `x`
+resampled independently: `paired=False`), with the fits as vectorized statistics. It replaced a
+hand-written resampling of the same algorithm: `python benchmarks/bench_bootstrap.py` (1000
+resamples of 10 widths x 20 seeds, 2 loaded cores) measured 3.0 ms against 1.6 ms for an
+exponent (the same interval: the same draws) and 0.26 s against 0.27 s for a breakpoint (its grid
+search dominates; the draws differ, the intervals agree to the grid's resolution); a report makes
+a few dozen such fits, so the difference is milliseconds. The fits
+themselves (weighted least squares in log-log, the hinge grid) stay here: they are batched over
+the resamples, which a per-resample `scipy.optimize` call would not be.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 
 # ----------------------------------------------------------------------------- power laws
@@ -63,14 +75,32 @@ def _replicate_means(y: np.ndarray) -> np.ndarray:
         return np.where(count > 0, np.where(finite, y, 0.0).sum(axis=-1) / count, np.nan)
 
 
-def _bootstrap_means(y: np.ndarray, num_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    """`(num_bootstrap, num_x)` means of replicates resampled with replacement at each x."""
-    out = np.full((num_bootstrap, y.shape[0]), np.nan)
-    for i, row in enumerate(y):
-        vals = row[np.isfinite(row)]
-        if vals.size:
-            out[:, i] = vals[rng.integers(0, vals.size, (num_bootstrap, vals.size))].mean(axis=1)
-    return out
+def _bootstrap(x: np.ndarray, y: np.ndarray, fit: Callable, num_bootstrap: int,
+               confidence: float, seed: int, batch: int | None = None) -> tuple[float, float]:
+    """Percentile interval of `fit(x, means)` (batched over leading axes of `means`) with the
+    finite replicates at each x resampled independently (`scipy.stats.bootstrap`); NaN without
+    replicates to resample. Resamples whose fit is undefined (NaN) are left out."""
+    rows = [row[np.isfinite(row)] for row in y]
+    keep = [i for i, r in enumerate(rows) if r.size]
+    if num_bootstrap <= 0 or not any(rows[i].size > 1 for i in keep):
+        return math.nan, math.nan
+    xs = x[keep]
+    # A single replicate always resamples to itself; scipy wants two observations per sample.
+    samples = tuple(np.repeat(rows[i], 2) if rows[i].size == 1 else rows[i] for i in keep)
+
+    def statistic(*data, axis=-1):
+        return fit(xs, np.stack([np.mean(d, axis=axis) for d in data], axis=-1))
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # degenerate samples: NaN, handled below
+        res = stats.bootstrap(samples, statistic, n_resamples=num_bootstrap, paired=False,
+                              vectorized=True, confidence_level=confidence,
+                              method="percentile", batch=batch,
+                              rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo), float(hi)
+    return _interval(np.asarray(res.bootstrap_distribution, float), confidence)
 
 
 def _loglog(x: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,11 +175,8 @@ def fit_power_law(
     x, y = _as_replicates(x, y, replicate_axis)
     u, v, w = _loglog(x, _replicate_means(y))
     a, b = _weighted_line(u, v, w)
-    lo = hi = math.nan
-    if num_bootstrap > 0 and np.any(np.isfinite(y).sum(axis=-1) > 1):
-        rng = np.random.default_rng(seed)
-        ub, vb, wb = _loglog(x, _bootstrap_means(y, num_bootstrap, rng))
-        lo, hi = _interval(_weighted_line(ub, vb, wb)[1], confidence)
+    lo, hi = _bootstrap(x, y, lambda xs, means: _weighted_line(*_loglog(xs, means))[1],
+                        num_bootstrap, confidence, seed)
     return PowerLawFit(float(np.exp(a)), float(b), lo, hi, _dropped(x, w))
 
 
@@ -234,18 +261,17 @@ def fit_broken_power_law(
     b = float(refined.x) if refined.fun <= sse[0, g] else float(grid[g])
     theta, _ = _hinge_sse(u, v[None], w[None], np.array([b]))
     ln_c, beta_below, beta_above = theta[0, 0]
-    ci = (math.nan, math.nan)
-    if num_bootstrap > 0 and np.any(np.isfinite(y).sum(axis=-1) > 1):
-        rng = np.random.default_rng(seed)
-        ub, vb, wb = _loglog(x, _bootstrap_means(y, num_bootstrap, rng))
-        breaks = np.full(num_bootstrap, np.nan)
-        for start in range(0, num_bootstrap, 128):  # chunks bound the (B, G, 3, 3) memory
-            sl = slice(start, start + 128)
-            _, sse_b = _hinge_sse(ub, vb[sl], wb[sl], grid)
-            enough = (wb[sl] > 0).sum(axis=-1) >= 4
-            breaks[sl] = np.where(enough, grid[np.argmin(sse_b, axis=-1)], np.nan)
-        ci = tuple(math.exp(c) if np.isfinite(c) else math.nan
-                   for c in _interval(breaks, confidence))
+    def breakpoints(xs, means):
+        """`ln x_break` on the grid of each resample `(B, num_x)` (NaN: fewer than 4 points)."""
+        shape = means.shape[:-1]
+        ub, vb, wb = _loglog(xs, means.reshape(-1, means.shape[-1]))
+        _, sse_b = _hinge_sse(ub, vb, wb, grid)
+        enough = (wb > 0).sum(axis=-1) >= 4
+        return np.where(enough, grid[np.argmin(sse_b, axis=-1)], np.nan).reshape(shape)
+
+    # Batches of 128 resamples bound the (B, G, 3, 3) memory of the grid search.
+    ci = tuple(math.exp(c) if np.isfinite(c) else math.nan
+               for c in _bootstrap(x, y, breakpoints, num_bootstrap, confidence, seed, 128))
     return BrokenPowerLawFit(math.exp(b), ci[0], ci[1], float(beta_below), float(beta_above),
                              float(math.exp(ln_c)), _dropped(x, w))
 

@@ -55,6 +55,7 @@ from ntkbench._config.errors import (
 )
 from ntkbench._config.presets import PRESETS, get_config, preset
 from ntkbench._config.schema import (
+    ATTRS,
     AXES,
     BEST_SOURCES,
     BEST_VARIABLES,
@@ -73,6 +74,7 @@ from ntkbench._config.schema import (
     REPLICATE_AXES,
     SETTING_VARIABLES,
     SNAPSHOTS,
+    STORED_SUMMARIES,
     SUMMARY_SERIES,
     SUMMARY_VARIABLES,
     TEST_METRICS,
@@ -85,7 +87,7 @@ from ntkbench._config.schema import (
 )
 
 __all__ = [
-    "format_lr_table", "CURVATURE", "CURVATURE_ADAM", "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
+    "format_lr_table", "CURVATURE", "CURVATURE_ADAM", "NTK_KERNELS", "NtkKernel", "Optimizer", "Parametrization", "PARAMETRIZATIONS", "ATTRS", "STORED_SUMMARIES", "LR_AXES", "SETTING_VARIABLES", "NTK_EXACT_ONLY", "NTK_RECORD_KEYS", "SLQ_METHODS", "Eigensolver", "NtkSpectrum", "preset", "AXES", "BEST_SOURCES", "BEST_VARIABLES", "DATASETS", "EIGENSOLVERS", "EPOCH_VARIABLES",
     "EXIT_INTERRUPTED",
     "ExitStatus", "EXTENSIBLE", "FIELDS", "INITS", "LAYER_VARIABLES", "LINEARIZED",
     "LOSS_VARIABLES", "LOSSES", "MEMBER_VARIABLES", "MODELS", "NOT_RESULTS", "NTK_EXACT",

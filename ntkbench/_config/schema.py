@@ -16,6 +16,13 @@ Groups of stored variables, by the dimensions they have after the sweep axes `AX
 - `SNAPSHOT`: `(snapshot, row, col)`, the matrix-form NTK at `SNAPSHOTS`.
 - `SETTING`: per member, what the config sets for it (its learning rate `lr`), written when the
   store is opened: a function of the config, never of training.
+- `SUMMARY`: per member (and `adaptation_rate` over `epoch`), the summaries of
+  `ntkbench.summarize` that are not stored already (`STORED_SUMMARIES`), written when a sweep
+  is complete; derived, so `ntkbench.load` computes them afresh.
+
+`ATTRS` describes every stored variable and coordinate for a reader of the store alone (CF
+conventions: `long_name`, `units`, with "1" for dimensionless numbers and counts, and a
+`description` naming the section of docs/definitions.md that defines it).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class Group(enum.Enum):
     MEMBER = "member"
     SNAPSHOT = "snapshot"
     SETTING = "setting"
+    SUMMARY = "summary"
 
 
 LOSSES = ("train_loss", "train_accuracy")
@@ -95,6 +103,129 @@ SUMMARY_VARIABLES = ("T0", "k_star", "T_star", "trace_ratio", "erank_star", "alp
                      "lin_output_gap_star")
 #: Per-record series `ntkbench.summarize` adds over `(*axes, epoch)`.
 SUMMARY_SERIES = ("adaptation_rate",)
+#: Summaries written to the store when a sweep is complete (`SUMMARY`): those not stored anyway.
+STORED_SUMMARIES = tuple(n for n in SUMMARY_VARIABLES if n not in MEMBER_VARIABLES
+                         ) + SUMMARY_SERIES
+
+
+def _a(long_name: str, description: str, units: str = "1") -> dict[str, str]:
+    return {"long_name": long_name, "units": units, "description": description}
+
+
+#: CF attributes (`long_name`, `units`, `description`) of every stored variable and coordinate,
+#: written into each array's metadata; `ntkbench.load` and `xarray.open_zarr` show them.
+ATTRS: dict[str, dict[str, str]] = {
+    # coordinates
+    "parametrization": _a("parametrization", "how widths scale the member's initialization, "
+                          "multipliers and learning rates: standard, ntk or mup "
+                          "(docs/definitions.md §15)"),
+    "depth": _a("depth", "number of hidden layers of the member's model"),
+    "width": _a("width", "hidden units (channels for the CNN) of the member's model"),
+    "n_train": _a("training set size", "training samples of the member"),
+    "noise": _a("label noise fraction", "fraction of training samples replaced by noise"),
+    "data_draw": _a("data draw", "index of the training-subset draw (a replicate)"),
+    "seed": _a("seed", "index of the initialization seed (a replicate)"),
+    "epoch": _a("record index", "record k holds the state after k epochs (0: initialization)"),
+    "row": _a("NTK row", "index (sample i, logit a) -> i*O + a of the NTK snapshot's rows"),
+    "col": _a("NTK column", "index (sample j, logit b) -> j*O + b of the NTK snapshot's columns"),
+    # EPOCH
+    "train_loss": _a("training loss", "loss (config.loss; cross-entropy in nats) on the "
+                     "member's training set, every record (docs/definitions.md §4)"),
+    "train_accuracy": _a("training accuracy", "fraction of training samples classified "
+                         "correctly, every record"),
+    "test_loss": _a("test loss", "loss on the evaluation split, at evaluation records "
+                    "(every eval_every epochs; NaN elsewhere)"),
+    "test_accuracy": _a("test accuracy", "fraction of the evaluation split classified "
+                        "correctly, at evaluation records"),
+    "lin_train_loss": _a("linearized-model training loss", "training loss of the model "
+                         "linearized at initialization, trained beside it (docs/definitions.md §12)"),
+    "lin_test_loss": _a("linearized-model test loss", "test loss of the linearized model, at "
+                        "evaluation records (docs/definitions.md §12)"),
+    "lin_output_gap": _a("linearized-model output gap", "relative squared distance between "
+                         "the outputs of the model and of its linearization on the NTK samples "
+                         "(docs/definitions.md §12)"),
+    # NTK
+    "ntk_trace": _a("NTK trace T", "tr(Theta)/M: mean squared gradient norm per (sample, "
+                    "logit) pair, at NTK records (docs/definitions.md §2)"),
+    "ntk_entropy": _a("NTK spectral entropy", "entropy (nats) of the normalized spectrum of "
+                      "the cosine-normalized NTK (docs/definitions.md §3)"),
+    "ntk_erank": _a("NTK effective rank", "exp(entropy) of the cosine-normalized NTK's "
+                    "spectrum, in [1, M] (docs/definitions.md §3)"),
+    "label_alignment": _a("label alignment", "<Theta, yy^T>_F / (|Theta|_F |yy^T|_F) of the "
+                          "full NTK, uncentred, in [0, 1] (docs/definitions.md §8)"),
+    "label_alignment_traced": _a("output-traced label alignment", "kernel-target alignment "
+                                 "of the NTK traced over logits with YY^T, in [0, 1] "
+                                 "(docs/definitions.md §8)"),
+    "eigvec_misalignment": _a("top-eigenvector misalignment", "1 - |U_n^T U'_n|_F^2 / n "
+                              "between this NTK record and the previous one, in [0, 1] "
+                              "(docs/definitions.md §8)"),
+    "misalignment_clipped": _a("misalignment subspace clipped", "1 where n = round(erank) "
+                               "exceeded the eigenvectors a record keeps (docs/definitions.md §14)"),
+    "kernel_distance_init": _a("kernel distance from initialization", "1 - <Theta_0, "
+                               "Theta_k>_F / (|Theta_0|_F |Theta_k|_F), in [0, 1] "
+                               "(docs/definitions.md §12)"),
+    "kernel_velocity": _a("kernel velocity", "kernel distance between consecutive NTK "
+                          "records, per epoch between them (docs/definitions.md §12)"),
+    "ntk_entropy_stderr": _a("standard error of ntk_entropy", "of the matrix-free estimate "
+                             "(docs/definitions.md §4)"),
+    "ntk_erank_stderr": _a("standard error of ntk_erank", "of the matrix-free estimate "
+                           "(docs/definitions.md §4)"),
+    "label_alignment_stderr": _a("standard error of label_alignment", "of the matrix-free "
+                                 "estimate (docs/definitions.md §4)"),
+    "kernel_distance_init_stderr": _a("standard error of kernel_distance_init", "of the "
+                                      "matrix-free estimate (docs/definitions.md §4)"),
+    # NTK: curvature (curvature_every > 0)
+    "sharpness": _a("sharpness", "largest eigenvalue of the Hessian of the member's full-batch "
+                    "training loss, by Lanczos, at curvature records (docs/definitions.md §16)"),
+    "train_ntk_top": _a("top eigenvalue of the training-set NTK", "largest eigenvalue of "
+                        "J J^T / n over the member's training samples, at curvature records "
+                        "(docs/definitions.md §16)"),
+    "precond_sharpness": _a("preconditioned sharpness", "largest eigenvalue of Adam's "
+                            "preconditioned Hessian lambda D^-1 H; NaN at record 0 "
+                            "(docs/definitions.md §16)"),
+    # LAYER
+    "layer_ntk_trace": _a("per-layer NTK trace", "trace of the NTK of one layer's parameters, "
+                          "per layer (docs/definitions.md §3)"),
+    "layer_ntk_erank": _a("per-layer NTK effective rank", "effective rank of one layer's "
+                          "cosine-normalized NTK (docs/definitions.md §3)"),
+    "layer_ck_trace": _a("per-layer conjugate-kernel trace", "trace of the kernel of one "
+                         "layer's features (docs/definitions.md §3)"),
+    "layer_ck_erank": _a("per-layer conjugate-kernel effective rank", "effective rank of one "
+                         "layer's cosine-normalized feature kernel (docs/definitions.md §3)"),
+    # MEMBER, SETTING, SNAPSHOT
+    "k_star": _a("k*: epoch of the minimum test loss", "first evaluation record with the "
+                 "lowest test loss; -1 until the member is complete (docs/definitions.md §5)"),
+    "min_test_loss": _a("minimum test loss", "the test loss at k* (docs/definitions.md §5)"),
+    "diverged": _a("diverged", "1 when the member's loss became non-finite (its later "
+                   "values are not meaningful)"),
+    "last_record": _a("last committed record", "index of the member's last completely "
+                      "written record; -1 none, E complete (results.md, crash safety)"),
+    "lr": _a("learning rate", "the member's learning rate (lr, or its entry of lr_table)"),
+    "ntk_snapshot": _a("NTK snapshot", "the matrix-form NTK of the first draw at init, at k* "
+                       "and at the end (along `snapshot`, in that order; docs/definitions.md §4)"),
+    # SUMMARY
+    "T0": _a("T0: NTK trace at initialization", "ntk_trace at record 0 (docs/definitions.md §5)"),
+    "T_star": _a("T*: NTK trace at k*", "from best_ntk_trace (docs/definitions.md §5)"),
+    "trace_ratio": _a("trace ratio", "(T* - T0) / T0 (docs/definitions.md §6)"),
+    "erank_star": _a("erank*: NTK effective rank at k*", "from best_ntk_erank (docs/definitions.md §5)"),
+    "alpha_star": _a("alpha*: adaptation rate at k*", "adaptation_rate interpolated at k*; "
+                     "NaN when k* is in a half-window at either end (docs/definitions.md §7)"),
+    "alpha_star_at_edge": _a("alpha* at a window edge", "True when k* lies outside the records "
+                             "where the adaptation rate is defined (docs/definitions.md §7)"),
+    "kernel_distance_star": _a("kernel distance from initialization at k*", "from "
+                               "best_kernel_distance_init (docs/definitions.md §12)"),
+    "lin_output_gap_star": _a("linearized-model output gap at k*", "from best_lin_output_gap "
+                              "(docs/definitions.md §12)"),
+    "adaptation_rate": _a("trace adaptation rate alpha", "-dT/d ln L_train over a running "
+                          "window of 20 epochs, at NTK records (docs/definitions.md §7)"),
+}
+for _name in ("sharpness", "train_ntk_top", "precond_sharpness"):
+    ATTRS[f"{_name}_residual"] = _a(f"Lanczos residual of {_name}", "|A y - theta y| of the "
+                                    "top Ritz pair: an eigenvalue lies within it of the "
+                                    "estimate (docs/definitions.md §16)")
+for _name in BEST_SOURCES:  # the NTK quantities of the state at k*
+    ATTRS[f"best_{_name}"] = _a(ATTRS[_name]["long_name"] + " at k*",
+                                f"{_name} of the state at k* (docs/definitions.md §5)", ATTRS[_name]["units"])
 
 
 def group_of(name: str) -> Group:
@@ -108,6 +239,8 @@ def group_of(name: str) -> Group:
         return Group.SNAPSHOT
     if name in SETTING_VARIABLES:
         return Group.SETTING
+    if name in STORED_SUMMARIES:
+        return Group.SUMMARY
     raise KeyError(f"{name!r} is not a stored ntkbench variable.")
 
 

@@ -4,9 +4,9 @@
 Depends on `ntkbench._analysis` and `ntkbench._config`; draws with matplotlib.
 """
 
-from ntkbench._report.compare import write_comparison
+from ntkbench._report.compare import sweep_differences, write_comparison
 from ntkbench._report.report import write_report
 
 __all__ = [
-    "write_comparison", "write_report",
+    "sweep_differences", "write_comparison", "write_report",
 ]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from ntkbench._analysis import (
     summarize,
     sweep_axes,
 )
-from ntkbench._config import REPLICATE_AXES
+from ntkbench._config import NOT_RESULTS, REPLICATE_AXES
 from ntkbench._report.compare_figs import Curve, Panel, draw_grid, fmt, mean_std
 from ntkbench._report.compare_md import FitRow, markdown
 
@@ -131,7 +133,7 @@ def sweep_labels(datasets: Sequence[xr.Dataset]) -> tuple[list[str], list[str]]:
 
     Two sweeps collide when they share a dataset, a model and a depth (their curves would carry
     the same label); colliding sweeps get their names appended, then (if still equal) their
-    workdirs, then their positions.
+    workdirs' folder names, then their whole workdirs, then their positions.
 
     Example:
         >>> a = xr.Dataset(coords={"depth": [3]}, attrs=dict(dataset="digits", model="mlp",
@@ -144,6 +146,7 @@ def sweep_labels(datasets: Sequence[xr.Dataset]) -> tuple[list[str], list[str]]:
               for ds in datasets]
     suffix = [""] * len(datasets)
     for make in (lambda i, ds: f" ({ds.attrs.get('name', '?')})",
+                 lambda i, ds: f" ({ds.attrs.get('name', '?')}, {short_name(ds)})",
                  lambda i, ds: f" ({ds.attrs.get('name', '?')}, {ds.attrs.get('workdir', '?')})",
                  lambda i, ds: f" (#{i + 1})"):
         keys = [{_base_label(ds, d) + s for d in ds_depths}
@@ -154,6 +157,54 @@ def sweep_labels(datasets: Sequence[xr.Dataset]) -> tuple[list[str], list[str]]:
             break
         suffix = [make(i, ds) if clash[i] else suffix[i] for i, ds in enumerate(datasets)]
     return [_base_label(ds, _depths(ds)) + s for ds, s in zip(datasets, suffix)], suffix
+
+
+_GRID_FIELDS = ("widths", "depth", "n_train", "noise", "num_seeds", "num_data_draws")
+
+
+def short_name(ds: xr.Dataset) -> str:
+    """A sweep's workdir folder name (its config name when the workdir is unknown)."""
+    workdir = ds.attrs.get("workdir")
+    return os.path.basename(os.path.normpath(workdir)) if workdir else str(ds.attrs.get("name"))
+
+
+def _short(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(_short(x) for x in v) + ")"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def sweep_differences(datasets: Sequence[xr.Dataset]) -> list[str]:
+    """What differs between the configs of sweeps (`ntkbench.load`'s, whose `config` attribute
+    holds each one's): one line per field, `field: value (sweep), value (sweep)`, leaving out
+    the fields of the grid (its axes: `compare.md` tabulates them) and those that do not change
+    results (run settings, the name). Empty when they agree; one line
+    saying so when a sweep carries no config.
+
+    Example:
+        >>> a = xr.Dataset(attrs=dict(workdir="runs/a", config='{"lr": 0.001, "epochs": 300}'))
+        >>> b = xr.Dataset(attrs=dict(workdir="runs/b", config='{"lr": 0.003, "epochs": 300}'))
+        >>> sweep_differences([a, b])
+        ['lr: 0.001 (a), 0.003 (b)']
+    """
+    names = [short_name(ds) for ds in datasets]
+    if len(set(names)) < len(names):
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    configs = []
+    for ds, name in zip(datasets, names):
+        if "config" not in ds.attrs:
+            return [f"{name} carries no config (not loaded with ntkbench.load): not compared"]
+        configs.append(json.loads(ds.attrs["config"]))
+    fields = list(dict.fromkeys(k for c in configs for k in c))
+    lines = []
+    for field in fields:
+        if field in NOT_RESULTS or field in _GRID_FIELDS:  # the grid: compare.md's sweep table
+            continue
+        values = [c.get(field, "-") for c in configs]
+        if any(v != values[0] for v in values[1:]):
+            lines.append(f"{field}: " + ", ".join(f"{_short(v)} ({n})"
+                                                  for v, n in zip(values, names)))
+    return lines
 
 
 def _summarized(ds: xr.Dataset, window: int) -> xr.Dataset:
@@ -186,8 +237,8 @@ def _fit_row(curve: Curve, quantity: str, axis: str, fit, kind: str) -> FitRow:
     reasons = []
     for x in fit.dropped:
         i = int(np.flatnonzero(curve.x == x)[0])
-        why = ("no finite value" if not np.isfinite(mean[i]) else "k* flagged"
-               if not curve.ok()[i] else
+        why = ("no finite value" if not np.isfinite(mean[i]) else  # the root cause first
+               "k* flagged" if not curve.ok()[i] else
                f"mean {fmt(mean[i])} <= 0" if mean[i] <= 0 else f"{axis} <= 0")
         reasons.append(f"{axis}={x:g} ({why})")
     estimate = fit.beta if kind == "power law" else fit.x_break
@@ -253,7 +304,7 @@ def _fig3(sweeps, out_dir, rows, notes, num_bootstrap, seed, include_flagged):
                            "Fig. 3", include_flagged) for g in groups]
     grid = [list(r) for r in zip(*cols)]
     return draw_grid(grid, "Fig. 3: width transition (vertical line: broken-power-law "
-                     "transition width w_t, shaded: its 95% bootstrap CI)",
+                     "transition width w_t, hatched: its 95% bootstrap CI)",
                      out_dir / "fig3_transition.png")
 
 
@@ -288,6 +339,10 @@ def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
                      include_flagged: bool = False) -> list[Path]:
     r"""Draw the paper's composite figures (Figs. 2, 3, 7) for several sweeps; write `compare.md`.
 
+    `compare.md` opens with what differs between the sweeps' configs (`sweep_differences`:
+    epochs, learning rates, n_test, dataset, ...): overlaid curves of sweeps trained
+    differently compare those differences too.
+
     Args:
         datasets: sweeps from `ntkbench.load(workdir)` (attrs `name`, `dataset`, `model`,
             `epochs`, `workdir`); each labelled `dataset / model / depth` (plus its name when
@@ -312,7 +367,7 @@ def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
 
     Example:
         >>> ds = [ntkbench.load("runs/a"), ntkbench.load("runs/b")]  # doctest: +SKIP
-        >>> write_comparison(ds, "runs/a/compare")[-1].name  # doctest: +SKIP
+        >>> write_comparison(ds, "compare-a-b")[-1].name  # doctest: +SKIP
         'compare.md'
     """
     datasets = list(datasets)
@@ -332,5 +387,6 @@ def write_comparison(datasets: Sequence[xr.Dataset], out_dir: str | Path, *,
              _fig7(sweeps, out_dir, notes)]
     paths = [p for p in paths if p is not None]
     report = out_dir / "compare.md"
-    report.write_text(markdown(sweeps, rows, notes, paths, num_bootstrap, include_flagged))
+    report.write_text(markdown(sweeps, rows, notes, paths, num_bootstrap, include_flagged,
+                               sweep_differences(datasets)))
     return paths + [report]

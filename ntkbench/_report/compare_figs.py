@@ -1,9 +1,11 @@
 """Drawing the comparison figures: a grid of panels, each a set of curves with optional fits.
 
 A `Curve` holds one sweep point's values against a sweep axis, `y` of shape
-`(num_x, num_replicates)`; a panel draws each curve's replicate mean with a ±1 std band and,
-when given, its fit: a power law (dashed, exponent and interval in the legend) or a broken power
-law (dashed hinge, the transition width as a vertical line and its interval shaded). Drawn with
+`(num_x, num_replicates)`; a panel draws each curve's replicate mean with a ±1 std band (filled)
+and, when given, its fit: a power law (dashed, exponent and interval in the panel's legend) or a
+broken power law (dashed hinge, the transition width as a vertical line and its 95% interval
+hatched, never filled like a band). The curves' labels and what each mark means are in one
+legend under the grid; titles are wrapped to the figure's width, never clipped. Drawn with
 matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas), no pyplot state.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from ntkbench._analysis import BrokenPowerLawFit, PowerLawFit
+from ntkbench._report.plot import plain_log_ticks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +78,10 @@ def mean_std(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.nanmean(y, axis=-1), np.nanstd(y, axis=-1)
 
 
-def _fit_label(curve: Curve, fit) -> str:
+def _fit_label(fit) -> str:
     if isinstance(fit, PowerLawFit):
-        return f"{curve.label}: β={fmt(fit.beta)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
-    return f"{curve.label}: w_t={fmt(fit.x_break)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
+        return f"β={fmt(fit.beta)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
+    return f"w_t={fmt(fit.x_break)} [{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"
 
 
 def _draw_fit(ax, fit, x: np.ndarray, color) -> bool:
@@ -94,7 +98,8 @@ def _draw_fit(ax, fit, x: np.ndarray, color) -> bool:
         ax.plot(xx, fit.c_break * (xx / fit.x_break) ** below, "--", color=color, linewidth=1)
         ax.axvline(fit.x_break, color=color, linewidth=1)
         if np.isfinite(fit.ci_low) and np.isfinite(fit.ci_high):
-            ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.1)
+            ax.axvspan(fit.ci_low, fit.ci_high, facecolor="none", edgecolor=color, alpha=0.35,
+                       hatch="/", linewidth=0)
         return True
     return False
 
@@ -108,14 +113,10 @@ def _draw_curve(ax, curve: Curve, fit, color, log_y: bool) -> None:
         return
     x, m, sd, good = curve.x[ok], mean[ok], std[ok], curve.ok()[ok]
     has_fit = fit is not None and _draw_fit(ax, fit, curve.x, color)
-    ax.plot(x, m, "-", color=color, linewidth=0.8)
-    ax.plot(x[good], m[good], "o", color=color, markersize=4,
-            label=_fit_label(curve, fit) if has_fit else curve.label)
+    ax.plot(x, m, "-", color=color, linewidth=0.8, label=_fit_label(fit) if has_fit else None)
+    ax.plot(x[good], m[good], "o", color=color, markersize=4)
     if (~good).any():  # flagged points (k* at the last epoch or outside the window): hollow
-        text = "hollow: k* flagged"
-        seen = text in ax.get_legend_handles_labels()[1]
-        ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5,
-                label=None if seen else text)
+        ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5)
     lower = m - sd
     if log_y:
         values = curve.y[np.isfinite(curve.y) & (curve.y > 0)]
@@ -138,9 +139,10 @@ def _axes_style(ax, panel: Panel) -> None:
         if lo > 0 and np.log10(hi / lo) < 1.0:  # at least a decade: a flat quantity reads flat
             mid = np.sqrt(lo * hi)
             ax.set_ylim(mid / np.sqrt(10.0), mid * np.sqrt(10.0))
+        plain_log_ticks(ax)
     ax.set_xlabel(panel.xlabel)
-    ax.set_ylabel(panel.ylabel)
-    ax.set_title(panel.title, fontsize=9)
+    ax.set_ylabel("\n".join(textwrap.wrap(panel.ylabel, 30)))
+    ax.set_title("\n".join(textwrap.wrap(panel.title, 60)), fontsize=9)
 
 
 def _colors(labels: list[str]) -> dict[str, tuple]:
@@ -151,12 +153,40 @@ def _colors(labels: list[str]) -> dict[str, tuple]:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
+def _key(fig, colors: dict, grid) -> None:
+    """One legend under the grid: each curve's label by its colour, then what the marks mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=c, marker="o", markersize=4, linewidth=0.8)
+               for c in colors.values()]
+    labels = list(colors)
+    fits = [f for r in grid for p in r for f in p.fits if f is not None]
+    flagged = any((~c.ok()).any() for r in grid for p in r for c in p.curves)
+    handles.append(Patch(facecolor="0.6", alpha=0.35))
+    labels.append("±1 std over replicates")
+    if flagged:
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none",
+                              linewidth=0))
+        labels.append("hollow: k* flagged")
+    if any(isinstance(f, PowerLawFit) for f in fits):
+        handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1))
+        labels.append("dashed: power-law fit (β and its 95% CI in each panel)")
+    if any(isinstance(f, BrokenPowerLawFit) for f in fits):
+        handles += [Line2D([], [], color="0.3", linewidth=1),
+                    Patch(facecolor="none", edgecolor="0.3", hatch="/", linewidth=0)]
+        labels += ["transition width w_t (broken power law)", "hatched: 95% CI of w_t"]
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+
+
 def draw_grid(grid: list[list[Panel]], title: str, path: Path) -> Path:
     """Draw `grid` (rows of panels) into one PNG at `path`; return `path`."""
     rows, cols = len(grid), max(len(r) for r in grid)
     labels = list(dict.fromkeys(c.label for r in grid for p in r for c in p.curves))
     colors = _colors(labels)
-    fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6))
+    width = max(4.6 * cols, 6.0)
+    fig = Figure(figsize=(width, 3.4 * rows + 0.5 + 0.2 * (len(labels) + 4)),
+                 layout="constrained")
     axs = np.asarray(fig.subplots(rows, cols, squeeze=False))
     with quiet():
         for i, row in enumerate(grid):
@@ -175,7 +205,7 @@ def draw_grid(grid: list[list[Panel]], title: str, path: Path) -> Path:
                 _axes_style(ax, panel)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _key(fig, colors, grid)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=10)
     fig.savefig(path, dpi=100)
     return path

@@ -108,10 +108,16 @@ def _usable(sweeps, include_flagged: bool) -> list[str]:
 
 
 def markdown(sweeps, rows: list[FitRow], notes: list[str], paths: list[Path],
-             num_bootstrap: int, include_flagged: bool = False) -> str:
+             num_bootstrap: int, include_flagged: bool = False,
+             differences: list[str] | None = None) -> str:
     """The text of `compare.md`."""
-    lines = [f"# ntkbench comparison of {len(sweeps)} sweeps", "", *_usable(sweeps,
-                                                                           include_flagged), "",
+    differ = ["## What differs between the sweeps", ""] + (
+        ["Beyond their sweep points the sweeps were trained or measured differently; their "
+         "curves compare these differences too:", ""] + [f"- {d}" for d in differences]
+        if differences else ["Nothing beyond their sweep points: every other config field that "
+                             "changes results is the same."])
+    lines = [f"# ntkbench comparison of {len(sweeps)} sweeps", "", *differ, "",
+             *_usable(sweeps, include_flagged), "",
              ("Means over replicates (seeds, data draws) with ±1 std bands; diverged members "
               "are left out of means, bands and fits."), "", "## Sweeps", ""]
     lines += _sweep_table(sweeps)

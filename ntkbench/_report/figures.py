@@ -2,7 +2,9 @@
 
 Every figure shows the mean over replicates (seeds, data draws) with a band of ±1 standard
 deviation (diverged members left out); on logarithmic axes the band's lower edge is clipped at
-the smallest replicate value so that it stays positive.
+the smallest replicate value so that it stays positive. The curves' legend sits right of the
+panels (never over the data), a key under them says what the band is, and only recorded
+quantities get a panel.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from ntkbench._report.plot import band as _band
 from ntkbench._report.plot import colors as _colors
 from ntkbench._report.plot import finite_xy as _finite_xy
 from ntkbench._report.plot import fmt as _fmt
+from ntkbench._report.plot import key as _key
 from ntkbench._report.plot import label as _label
+from ntkbench._report.plot import plain_log_ticks as _plain_log_ticks
 from ntkbench._report.plot import quiet as _quiet
 from ntkbench._report.plot import save as _save
 
@@ -112,12 +116,27 @@ def has(ds: xr.Dataset, name: str) -> bool:
     return name in ds and bool(np.isfinite(ds[name].values).any())
 
 
+def _finish(fig, axs, plan: Plan, title: str) -> None:
+    """The curves' legend right of the panels, the band's key under them, the title."""
+    seen = {}
+    for ax in np.atleast_1d(axs):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=7)
+    _key(fig, band=f"±1 std over {', '.join(plan.reps) or 'replicates'}")
+    for ax in np.atleast_1d(axs):
+        _plain_log_ticks(ax, "y")
+        _plain_log_ticks(ax, "x")
+    fig.suptitle(title + (f" (mean over {', '.join(plan.reps)})" if plan.reps else ""))
+
+
 # ----------------------------------------------------------------------------- figures
 def fig_losses(ds, plan, facet, out_dir) -> Path:
     suffix, title = facet_name(ds, facet)
     curves = plan_curves(ds, plan, facet, plan.curve)
     colors = _colors(len(curves))
-    fig = Figure(figsize=(12, 3.6))
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
     axs = fig.subplots(1, 3)
     panels = [("train_loss", "train loss", True), ("test_loss", "test loss", True),
               ("test_accuracy", "test accuracy", False)]
@@ -136,10 +155,10 @@ def fig_losses(ds, plan, facet, out_dir) -> Path:
                 _band(ax, e, m, sd, color, log_y, low)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
+            ax.set_title(ylabel)
             if log_y:
                 ax.set_yscale("log")
-        axs[0].legend(fontsize=7)
-    fig.suptitle("Losses" + (f" ({title})" if title else ""))
+    _finish(fig, axs, plan, "Losses and accuracy" + (f", {title}" if title else ""))
     return _save(fig, out_dir / f"fig_losses{suffix}.png")
 
 
@@ -147,7 +166,7 @@ def fig1_dynamics(ds, plan, facet, out_dir) -> Path:
     suffix, title = facet_name(ds, facet)
     curves = plan_curves(ds, plan, facet, plan.curve)
     colors = _colors(len(curves))
-    fig = Figure(figsize=(12, 3.8))
+    fig = Figure(figsize=(15, 4.4), layout="constrained")
     ax_t, ax_a, ax_r = fig.subplots(1, 3)
     with _quiet():
         for (label, sub), color in zip(curves, colors):
@@ -155,7 +174,9 @@ def fig1_dynamics(ds, plan, facet, out_dir) -> Path:
             l_mean = np.exp(log_loss.mean(plan.reps, skipna=True) if plan.reps else log_loss)
             t_mean, t_std = mean_std(sub["ntk_trace"], plan.reps)
             a_star, a_sd = mean_std(sub["alpha_star"], plan.reps)
-            lab = (f"{label}: α*={_fmt(float(a_star))}±{_fmt(float(a_sd), 2)}"
+            sd = float(a_sd)
+            lab = (f"{label}: α*={_fmt(float(a_star))} ± "
+                   f"{float(f'{sd:.2g}'):g}"
                    if np.isfinite(float(a_star)) else f"{label}: α* n/a (k* at window edge)")
             x, m, sd = _finite_xy(l_mean.values, t_mean.values, t_std.values)
             if x.size:
@@ -164,12 +185,12 @@ def fig1_dynamics(ds, plan, facet, out_dir) -> Path:
             a_mean, a_std = mean_std(sub["adaptation_rate"], plan.reps)
             x, m, sd = _finite_xy(l_mean.values, a_mean.values, a_std.values)
             if x.size:
-                ax_a.plot(x, m, color=color, label=label)
+                ax_a.plot(x, m, color=color)
                 _band(ax_a, x, m, sd, color)
             r_mean, r_std = mean_std(sub["ntk_erank"], plan.reps)
             e, m, sd = _finite_xy(sub["epoch"].values, r_mean.values, r_std.values)
             if e.size:
-                ax_r.plot(e, m, color=color, label=label)
+                ax_r.plot(e, m, color=color)
                 _band(ax_r, e, m, sd, color)
     for ax in (ax_t, ax_a):
         ax.set_xscale("log")
@@ -178,7 +199,6 @@ def fig1_dynamics(ds, plan, facet, out_dir) -> Path:
         ax.set_xlabel("train loss (log scale)")
     ax_t.set_ylabel("NTK trace T")
     ax_t.set_title("trace vs log train loss")
-    ax_t.legend(fontsize=7)
     ax_a.set_ylabel("α = −dT̄/d ln L̄")
     ax_a.ticklabel_format(axis="y", useOffset=False)
     lo, hi = min(ax_a.get_ylim()[0], 0.0), max(ax_a.get_ylim()[1], 0.0)
@@ -187,7 +207,7 @@ def fig1_dynamics(ds, plan, facet, out_dir) -> Path:
     ax_r.set_xlabel("epoch")
     ax_r.set_ylabel("effective rank")
     ax_r.set_title("effective rank")
-    fig.suptitle("Fig. 1: NTK dynamics" + (f" ({title})" if title else ""))
+    _finish(fig, (ax_t, ax_a, ax_r), plan, "Fig. 1: NTK dynamics" + (f", {title}" if title else ""))
     return _save(fig, out_dir / f"fig1_dynamics{suffix}.png")
 
 
@@ -195,7 +215,7 @@ def fig4_noise(ds, plan, facet, out_dir) -> Path:
     suffix, title = facet_name(ds, facet)
     curves = plan_curves(ds, plan, facet, "noise")
     colors = _colors(len(curves))
-    fig = Figure(figsize=(12, 3.8))
+    fig = Figure(figsize=(14, 4.4), layout="constrained")
     ax_r, ax_l, ax_s = fig.subplots(1, 3)
     with _quiet():
         for (label, sub), color in zip(curves, colors):
@@ -203,7 +223,7 @@ def fig4_noise(ds, plan, facet, out_dir) -> Path:
                 mean, std = mean_std(sub[name], plan.reps)
                 e, m, sd = _finite_xy(sub["epoch"].values, mean.values, std.values)
                 if e.size:
-                    ax.plot(e, m, color=color, label=label)
+                    ax.plot(e, m, color=color, label=label if ax is ax_r else None)
                     _band(ax, e, m, sd, color)
         sub = ds.isel(facet)
         noise = np.asarray(sub["noise"].values, float)
@@ -212,17 +232,18 @@ def fig4_noise(ds, plan, facet, out_dir) -> Path:
             x, m, sd = _finite_xy(noise, mean.values, std.values)
             if x.size:
                 target = ax_s if name == "erank_star" else ax_s.twinx()
-                target.errorbar(x, m, sd, fmt=fmt, color=color, capsize=3, label=name)
-                target.set_ylabel(name, color=color)
+                target.errorbar(x, m, sd, fmt=fmt, color=color, capsize=3)
+                target.set_ylabel(f"{name} (error bars: ±1 std)", color=color)
     ax_r.set_title("effective rank")
-    ax_r.legend(fontsize=7)
+    ax_r.set_ylabel("effective rank")
     ax_l.set_title("test loss")
+    ax_l.set_ylabel("test loss")
     ax_l.set_yscale("log")
     for ax in (ax_r, ax_l):
         ax.set_xlabel("epoch")
     ax_s.set_xlabel("noise (fraction of replaced samples)")
-    ax_s.set_title("erank* and min test loss")
-    fig.suptitle("Fig. 4: noise scaling" + (f" ({title})" if title else ""))
+    ax_s.set_title("erank* (circles) and min test loss (squares)")
+    _finish(fig, (ax_r, ax_l, ax_s), plan, "Fig. 4: noise scaling" + (f", {title}" if title else ""))
     return _save(fig, out_dir / f"fig4_noise{suffix}.png")
 
 
@@ -230,34 +251,31 @@ def fig8_alignment(ds, plan, facet, out_dir) -> Path:
     suffix, title = facet_name(ds, facet)
     curves = plan_curves(ds, plan, facet, plan.curve)
     colors = _colors(len(curves))
-    fig = Figure(figsize=(12, 3.8))
-    axs = fig.subplots(1, 3)
-    panels = [("label_alignment", "label alignment <Θ, yyᵀ>", False),
-              ("label_alignment_traced", "traced label alignment <Θ_tr, YYᵀ>", False),
-              ("eigvec_misalignment", "top-n eigenvector misalignment", True)]
+    panels = [(n, y, lg) for n, y, lg in (
+        ("label_alignment", "label alignment <Θ, yyᵀ>", False),
+        ("label_alignment_traced", "traced label alignment <Θ_tr, YYᵀ>", False),
+        ("eigvec_misalignment", "top-n eigenvector misalignment", True)) if has(ds, n)]
+    fig = Figure(figsize=(4.4 * len(panels) + 1.6, 4.4), layout="constrained")
+    axs = np.atleast_1d(fig.subplots(1, len(panels)))
     with _quiet():
         for ax, (name, ylabel, log_y) in zip(axs, panels):
-            if not has(ds, name):
-                ax.text(0.5, 0.5, "not recorded", ha="center", va="center",
-                        transform=ax.transAxes)
-            else:
-                for (label, sub), color in zip(curves, colors):
-                    mean, std = mean_std(sub[name], plan.reps)
-                    e, m, sd = _finite_xy(sub["epoch"].values, mean.values, std.values)
-                    if log_y:
-                        e, m, sd = e[m > 0], m[m > 0], sd[m > 0]
-                    if not e.size:
-                        continue
-                    ax.plot(e, m, color=color, label=label)
-                    positive = sub[name].values[np.isfinite(sub[name].values)
-                                                & (sub[name].values > 0)]
-                    _band(ax, e, m, sd, color, log_y, positive.min() if positive.size else None)
-                ax.legend(fontsize=7)
+            for (label, sub), color in zip(curves, colors):
+                mean, std = mean_std(sub[name], plan.reps)
+                e, m, sd = _finite_xy(sub["epoch"].values, mean.values, std.values)
                 if log_y:
-                    ax.set_yscale("log")
+                    e, m, sd = e[m > 0], m[m > 0], sd[m > 0]
+                if not e.size:
+                    continue
+                ax.plot(e, m, color=color, label=label if ax is axs[0] else None)
+                positive = sub[name].values[np.isfinite(sub[name].values)
+                                            & (sub[name].values > 0)]
+                _band(ax, e, m, sd, color, log_y, positive.min() if positive.size else None)
+            if log_y:
+                ax.set_yscale("log")
             ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel.split(" <")[0])
             ax.set_title(ylabel)
-    fig.suptitle("Fig. 8: alignment" + (f" ({title})" if title else ""))
+    _finish(fig, axs, plan, "Fig. 8: alignment" + (f", {title}" if title else ""))
     return _save(fig, out_dir / f"fig8_alignment{suffix}.png")
 
 

@@ -45,7 +45,9 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
                  include_flagged: bool = False) -> list[Path]:
     r"""Write the paper's figures and a `report.md` for a sweep; return the paths written.
 
-    Figures (PNG), each the mean over replicates with a ±1 std band: `fig_losses*` (losses and
+    Figures (PNG), each the mean over replicates with a ±1 std band (filled; 95% intervals are
+    hatched or given in the legends, and a key under each figure says which is which); a panel
+    is drawn only for a quantity with values (report.md names the others): `fig_losses*` (losses and
     accuracy against epoch), `fig1_dynamics*` (trace against train loss, adaptation rate,
     effective rank), `fig2_scaling_<axis>` (min test loss, `erank*`, `T0`, `α*` against width /
     `n_train` with power-law fits), `fig3_transition` (trace ratio and `erank*` against width
@@ -112,8 +114,10 @@ def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int):
     else:
         skipped.append("Fig. 1 (NTK dynamics): no NTK was recorded (ntk_trace is all NaN)")
     if plan.scaling:
-        paths += [fig2_scaling(ds, plan, axis, out_dir, fit_rows, num_bootstrap, seed)
-                  for axis in plan.scaling]
+        for axis in plan.scaling:
+            path = fig2_scaling(ds, plan, axis, out_dir, fit_rows, num_bootstrap, seed, skipped)
+            if path is not None:
+                paths.append(path)
     else:
         skipped.append("Fig. 2 (scaling): needs a `width` or `n_train` axis with at least two "
                        "values")
@@ -139,7 +143,8 @@ def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int):
     else:
         skipped.append("Sharpness: no curvature was recorded (config.curvature_every = 0)")
     if wide and (has(ds, "kernel_distance_star") or has(ds, "lin_output_gap_star")):
-        paths.append(fig_laziness(ds, plan, out_dir, fit_rows, [], num_bootstrap, seed))
+        paths.append(fig_laziness(ds, plan, out_dir, fit_rows, [], num_bootstrap, seed,
+                                  skipped))
     else:
         skipped.append("Laziness: needs a `width` axis with at least 4 values and the kernel "
                        "distance (NTK records) or the linearized model (`linearized=True`)")

@@ -2,6 +2,10 @@
 Fig. 3 (the width transition) and the laziness figure, with their fits.
 
 Every fit is appended to the caller's list of rows (for report.md), dropped points included.
+A panel is drawn only for a quantity with values; the others are named in the caller's notes
+(report.md's "Skipped"). Every panel has its quantity as y label; ±1 std bands are filled and
+95% intervals hatched (a transition width) or given in the legend (an exponent), and one key
+under the panels says which is which.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from ntkbench._report.plot import (
     colors,
     finite_xy,
     fmt,
+    hatched_span,
+    key,
+    plain_log_ticks,
     quiet,
     save,
     sweep_xticks,
@@ -26,8 +33,8 @@ from ntkbench._report.plot import (
 
 SCALING_VARIABLES = (
     ("min_test_loss", "min test loss"),
-    ("erank_star", "erank*"),
-    ("T0", "T0 (trace at init)"),
+    ("erank_star", "erank* (effective rank at k*)"),
+    ("T0", "T0 (NTK trace at init)"),
     ("alpha_star", "α* (adaptation rate at k*)"),
 )
 LAZINESS_VARIABLES = (
@@ -43,7 +50,8 @@ def _fitted_x(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x[np.isfinite(mean) & (mean > 0) & (x > 0)]
 
 
-def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed):
+def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed) -> bool:
+    """Fit `y ~ x^β`, draw the line over the points it used; whether one was drawn."""
     fit = fit_power_law(x, y, num_bootstrap=num_bootstrap, seed=seed)
     fit_rows.append((key, group, fit))
     used = _fitted_x(x, y)
@@ -52,6 +60,8 @@ def _power_fit_line(ax, x, y, color, group, fit_rows, key, num_bootstrap, seed):
         ax.plot(xx, fit.c * xx**fit.beta, "--", color=color, linewidth=1,
                 label=(f"{group + ': ' if group else ''}β={fit.beta:.2f} "
                        f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]"))
+        return True
+    return False
 
 
 def _curves(ax, ds, name, plan, axis, groups, cols, style):
@@ -73,10 +83,7 @@ def _curves(ax, ds, name, plan, axis, groups, cols, style):
             ax.plot(x, m, "-", color=color, linewidth=0.8)
         ax.plot(x[good], m[good], "o", color=color, markersize=4)
         if (~good).any():
-            text = "hollow: k* flagged" + ("" if plan.include_flagged else ", not fitted")
-            seen = text in ax.get_legend_handles_labels()[1]
-            ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5,
-                    label=None if seen else text)
+            ax.plot(x[~good], m[~good], "o", markerfacecolor="none", color=color, markersize=5)
         positive = sub.values[np.isfinite(sub.values) & (sub.values > 0)]
         band(ax, x, m, sd, color, True, positive.min() if positive.size else None)
         y = np.asarray(sub.transpose(axis, *plan.reps).values, float).reshape(x_all.size, -1)
@@ -89,15 +96,29 @@ def _finish_axis(ax, ds, name, axis, ylabel, fontsize) -> None:
     if np.any(np.asarray(ds[name].values) > 0):
         ax.set_yscale("log")
         widen_log_y(ax)
+        plain_log_ticks(ax)
     sweep_xticks(ax, np.asarray(ds[axis].values, float))
     ax.set_xlabel(axis)
-    ax.set_title(ylabel)
-    ax.legend(fontsize=fontsize)
+    ax.set_ylabel(ylabel)
+    ax.set_title(ylabel.split(" (")[0])
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
 
 
-def _no_values(ax, text, ylabel) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(ylabel)
+def _panels(ds, variables, figure: str, notes: list | None, why: str) -> list:
+    """The `(name, ylabel)` of `variables` that have values; the others noted."""
+    drawn = [(n, y) for n, y in variables if has(ds, n)]
+    for n, y in variables:
+        if (n, y) not in drawn and notes is not None:
+            notes.append(f"{figure}: no panel for {y}: no finite value ({why})")
+    return drawn
+
+
+def _flagged(ds, plan) -> str | None:
+    """The key's entry for hollow points, when some point is flagged."""
+    if plan.usable is None or bool(np.all(plan.usable.values)):
+        return None
+    return "hollow: k* flagged" + ("" if plan.include_flagged else " (not fitted)")
 
 
 def _facets(ds, plan, axis):
@@ -105,24 +126,28 @@ def _facets(ds, plan, axis):
     return groups, colors(len(groups)) if len(groups) > 1 else ["C0"]
 
 
-def fig2_scaling(ds, plan, axis, out_dir, fit_rows, num_bootstrap, seed) -> Path:
+def fig2_scaling(ds, plan, axis, out_dir, fit_rows, num_bootstrap, seed,
+                 notes: list | None = None) -> Path | None:
+    """The summaries against `axis`, one panel per quantity with values (None: none has)."""
+    panels = _panels(ds, SCALING_VARIABLES, f"Fig. 2 ({axis})", notes,
+                     "NTK not recorded, k* at a window edge, or every point flagged")
+    if not panels:
+        return None
     groups, cols = _facets(ds, plan, axis)
-    fig = Figure(figsize=(13, 3.6))
-    axs = fig.subplots(1, 4)
+    fig = Figure(figsize=(3.4 * len(panels) + 0.6, 4.2), layout="constrained")
+    axs = np.atleast_1d(fig.subplots(1, len(panels)))
     x_all = np.asarray(ds[axis].values, float)
+    fitted = False
     with quiet():
-        for ax, (name, ylabel) in zip(axs, SCALING_VARIABLES):
-            if not has(ds, name):
-                _no_values(ax, f"{ylabel}:\nno finite values (NTK not recorded,\nor k* at a "
-                           "window edge)", ylabel)
-                continue
+        for ax, (name, ylabel) in zip(axs, panels):
             for color, title, _, y in _curves(ax, ds, name, plan, axis, groups, cols, "o"):
-                _power_fit_line(ax, x_all, y, color, title, fit_rows, (name, axis),
-                                num_bootstrap, seed)
+                fitted |= _power_fit_line(ax, x_all, y, color, title, fit_rows, (name, axis),
+                                          num_bootstrap, seed)
             ax.set_xscale("log")
             _finish_axis(ax, ds, name, axis, ylabel, 6)
-    fig.suptitle(f"Fig. 2: scaling with {axis} (mean ± std over {', '.join(plan.reps) or '1'};"
-                 " dashed: power-law fit, 95% bootstrap CI)")
+    key(fig, band=f"±1 std over {', '.join(plan.reps) or 'replicates'}",
+        flagged=_flagged(ds, plan), power_fit=fitted)
+    fig.suptitle(f"Fig. 2: scaling with {axis} (mean over {', '.join(plan.reps) or '1'})")
     return save(fig, out_dir / f"fig2_scaling_{axis}.png")
 
 
@@ -137,58 +162,67 @@ def _transition_line(ax, x, fit, color, title) -> None:
                    f"β={fit.beta_below:.2f}/{fit.beta_above:.2f}"))
     ax.axvline(fit.x_break, color=color, linewidth=1)
     if np.isfinite(fit.ci_low):
-        ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.1)
+        hatched_span(ax, fit.ci_low, fit.ci_high, color)
 
 
 def fig3_transition(ds, plan, out_dir, trans_rows, num_bootstrap, seed) -> Path:
     axis = "width"
     groups, cols = _facets(ds, plan, axis)
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     axs = fig.subplots(1, 2)
     x_all = np.asarray(ds[axis].values, float)
+    fitted = False
     with quiet():
-        for ax, (name, ylabel) in zip(axs, [("trace_ratio", "trace ratio r = (T* − T0)/T0"),
-                                            ("erank_star", "erank*")]):
+        for ax, (name, ylabel) in zip(axs, [("trace_ratio", "trace ratio (T* − T0)/T0"),
+                                            ("erank_star", "erank* (effective rank at k*)")]):
             for color, title, x, y in _curves(ax, ds, name, plan, axis, groups, cols, "o-"):
                 fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
                 trans_rows.append((name, title, fit))
                 if np.isfinite(fit.x_break):
                     _transition_line(ax, _fitted_x(x_all, y), fit, color, title)
+                    fitted = True
             ax.set_xscale("log")
             _finish_axis(ax, ds, name, axis, ylabel, 7)
-    fig.suptitle("Fig. 3: width transition (vertical line: broken-power-law breakpoint,"
-                 " shaded: 95% bootstrap CI)")
+    key(fig, band=f"±1 std over {', '.join(plan.reps) or 'replicates'}",
+        flagged=_flagged(ds, plan), transition=fitted)
+    fig.suptitle("Fig. 3: width transition" + (" (dashed: broken power law fitted in log-log)"
+                                               if fitted else " (too few usable widths for a "
+                                               "transition fit: report.md)"))
     return save(fig, out_dir / "fig3_transition.png")
 
 
-def fig_laziness(ds, plan: Plan, out_dir: Path, fit_rows, trans_rows, num_bootstrap, seed
-                 ) -> Path:
+def fig_laziness(ds, plan: Plan, out_dir: Path, fit_rows, trans_rows, num_bootstrap, seed,
+                 notes: list | None = None) -> Path:
     """How lazy is each width: the kernel distance from initialization and the linearized
     model's output gap at k* against width (power-law fits), beside the trace ratio with its
-    transition width (docs/definitions.md §12)."""
+    transition width (docs/definitions.md §12). Only what was recorded is drawn: the output gap
+    needs `linearized=True`, the kernel distance NTK records."""
     axis = "width"
+    panels = _panels(ds, LAZINESS_VARIABLES + (("trace_ratio", "trace ratio (T* − T0)/T0"),),
+                     "Laziness", notes, "not recorded in this sweep")
     groups, cols = _facets(ds, plan, axis)
-    fig = Figure(figsize=(13, 3.8))
-    axs = fig.subplots(1, 3)
+    fig = Figure(figsize=(3.6 * len(panels) + 0.6, 4.4), layout="constrained")
+    axs = np.atleast_1d(fig.subplots(1, len(panels)))
     x_all = np.asarray(ds[axis].values, float)
+    power = transition = False
     with quiet():
-        for ax, (name, ylabel) in zip(axs, LAZINESS_VARIABLES + (("trace_ratio",
-                                                                  "trace ratio"),)):
-            if not has(ds, name):
-                _no_values(ax, f"{ylabel}:\nnot recorded", ylabel)
-                continue
+        for ax, (name, ylabel) in zip(axs, panels):
             for color, title, _, y in _curves(ax, ds, name, plan, axis, groups, cols, "o-"):
                 if name != "trace_ratio":
-                    _power_fit_line(ax, x_all, y, color, title, fit_rows, (name, axis),
-                                    num_bootstrap, seed)
+                    power |= _power_fit_line(ax, x_all, y, color, title, fit_rows,
+                                             (name, axis), num_bootstrap, seed)
                     continue
                 fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
                 trans_rows.append((name, title, fit))
                 if np.isfinite(fit.x_break):
+                    transition = True
                     ax.axvline(fit.x_break, color=color, linewidth=1,
                                label=f"transition w_t={fit.x_break:.0f} "
                                      f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}]")
+                    if np.isfinite(fit.ci_low):
+                        hatched_span(ax, fit.ci_low, fit.ci_high, color)
             _finish_axis(ax, ds, name, axis, ylabel, 6)
-    fig.suptitle("Laziness: lower is lazier (dashed: power-law fit with 95% bootstrap CI; "
-                 "vertical line: the trace ratio's transition width)")
+    key(fig, band=f"±1 std over {', '.join(plan.reps) or 'replicates'}",
+        flagged=_flagged(ds, plan), power_fit=power, transition=transition)
+    fig.suptitle("Laziness: how far training leaves the kernel regime (lower is lazier)")
     return save(fig, out_dir / "fig_laziness.png")

@@ -5,11 +5,11 @@ Depends on `ntkbench._config`, `ntkbench._workdir`, `ntkbench._data`, `ntkbench.
 pack plan) and `ntkbench._analysis` (summaries added on load).
 """
 
-from ntkbench._store.results import DamageReport, load, verify
+from ntkbench._store.results import DamageReport, load, store_summaries, verify
 from ntkbench._store.store import ResultsStore, read_dataset
 from ntkbench._store.verify import Damage, describe, find_damage, load_repairs, repair
 
 __all__ = [
     "DamageReport", "Damage", "describe", "find_damage", "load", "load_repairs", "read_dataset", "repair", "ResultsStore",
-    "verify",
+    "store_summaries", "verify",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from ntkbench._analysis import summarize
-from ntkbench._config import stored
+from ntkbench._config import ATTRS, stored
 from ntkbench._data import load_dataset
 from ntkbench._store.store import ResultsStore, read_dataset
 from ntkbench._store.verify import describe, find_damage
@@ -20,7 +21,8 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
     each sorted, and `epoch`. Uncommitted records read NaN. With `summaries`, the per-member
     summaries (`T0`, `k_star`, `T_star`, `trace_ratio`, `erank_star`, `alpha_star`, ...) are
     added (`ntkbench.summarize`); with `snapshots`, the lazily read `ntk_snapshot`.
-    The attributes hold the sweep's name, dataset, model and recording strides.
+    The attributes hold the sweep's name, dataset, model and recording strides, and `config`:
+    its whole config as JSON.
 
     Example:
         >>> ds = ntkbench.load("runs/quick")  # doctest: +SKIP
@@ -42,10 +44,25 @@ def load(workdir: str, *, summaries: bool = True, snapshots: bool = False):
                         ntk_every=c.ntk_every, eval_every=c.eval_every,
                         ntk_epochs=list(c.ntk_epochs()), workdir=wd.path,
                         optimizer=c.optimizer, b1=c.b1, momentum=c.momentum, loss=c.loss,
-                        curvature_every=c.curvature_every)
+                        curvature_every=c.curvature_every,
+                        config=json.dumps(c.to_dict(), sort_keys=True))
     if summaries:
         ds = summarize(ds)
+    for name in ds.variables:  # the summaries' too (long_name, units, description)
+        if name in ATTRS:
+            ds[name].attrs.update(ATTRS[name])
     return ds
+
+
+def store_summaries(workdir: str, store: ResultsStore) -> bool:
+    """Store the per-member summaries in the results when every member of the sweep is
+    complete, so that the store alone shows them (`xarray.open_zarr`); False when some member
+    is not complete yet (another share of the sweep still running, say)."""
+    ds = load(workdir)
+    if not bool((ds["last_record"] >= ds.sizes["epoch"] - 1).all()):
+        return False
+    store.write_summaries(ds)
+    return True
 
 
 class DamageReport(list):

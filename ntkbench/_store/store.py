@@ -33,8 +33,11 @@ import tensorstore as ts
 import zarr
 
 from ntkbench._config import (
+    ATTRS,
     AXES,
     SNAPSHOTS,
+    STORED_SUMMARIES,
+    SUMMARY_SERIES,
     Group,
     IntegrityError,
     StorageError,
@@ -87,6 +90,23 @@ def _io(path: str, fn, action: str = "write"):
         raise IntegrityError(f"The results file {path} cannot be read ({first[:160]}); run "
                              "`ntkbench verify` on the workdir to find and repair the damage."
                              ) from None
+
+
+def set_attributes(path: str, name: str) -> None:
+    """Give the array at `path` the CF attributes of the variable `name` (`ATTRS`: long_name,
+    units, description) in its zarr.json, where xarray and zarr readers find them."""
+    attrs = ATTRS.get(name)
+    meta_path = os.path.join(path, "zarr.json")
+    if attrs is None or not os.path.exists(meta_path):
+        return
+    meta = read_json(meta_path, "The results array's metadata")
+    have = meta.get("attributes") or {}
+    if any(have.get(k) != v for k, v in attrs.items()):
+        meta["attributes"] = {**have, **attrs}
+        try:
+            atomic_json(meta_path, meta)
+        except OSError as e:
+            raise storage_error(meta_path, e) from None
 
 
 def open_array(path: str, *, read_only: bool = False) -> ts.TensorStore:
@@ -215,6 +235,37 @@ class ResultsStore:
         for name, values in coords.items():
             self._write_coord(name, values)
         self._write_settings()
+        self._drop_stale_summaries()
+
+    def _drop_stale_summaries(self) -> None:
+        """The stored summaries of a grid this sweep has grown out of (an extension): removed
+        (they are written again when the grown sweep is complete; until then the group still
+        opens as one `xarray.Dataset`)."""
+        for name in STORED_SUMMARIES:
+            meta = os.path.join(self.root, name, "zarr.json")
+            if os.path.exists(meta) and tuple(read_json(meta, "The results array's metadata")
+                                              .get("shape", ())[:len(AXES)]) != self.grid:
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def write_summaries(self, ds) -> None:
+        """Store the summaries of a complete sweep (`ds`: `ntkbench.load`'s, summarized), each
+        as one chunk over the sweep axes in storage order (and `epoch` for a series), with its
+        attributes; derived values, rewritten whole each time."""
+        coords = {a: np.asarray(v) for a, v in self.config.axis_values().items()}
+        for name in STORED_SUMMARIES:
+            if name not in ds:
+                continue
+            da = ds[name].sel({a: coords[a] for a in AXES}).transpose(*AXES, ...)
+            values = np.asarray(da.values)
+            dtype, fill = (("bool", False) if values.dtype == bool
+                           else ("float64", float("nan")))
+            values = values.astype(dtype)
+            dims = AXES + (("epoch",) if name in SUMMARY_SERIES else ())
+            path = self._path(name)
+            spec = _spec(path, values.shape, dims, dtype, fill, values.shape)
+            arr = _io(path, lambda s=spec: ts.open(s, create=True, delete_existing=True).result())
+            _io(path, lambda a=arr, v=values: a.write(v).result())
+            set_attributes(path, name)
 
     # ------------------------------------------------------------------ opening
     def _open_group(self, fingerprint: str, known: Sequence[str]) -> bool:
@@ -272,6 +323,8 @@ class ResultsStore:
             except (ValueError, OSError, RuntimeError, IntegrityError, StorageError) as e:
                 reason = f"unreadable: {str(e)[:80]}"
         if have is not None and have.shape == values.shape and np.array_equal(have, values):
+            if not self.read_only:
+                set_attributes(path, "lr")
             return
         if self.read_only:
             if os.path.exists(os.path.join(self.root, "zarr.json")):
@@ -291,6 +344,7 @@ class ResultsStore:
         futures = [(path, arr[tuple(i)].write(values[tuple(i)]))
                    for i in np.argwhere(~(old == values))]
         self._write_all(futures)
+        set_attributes(path, "lr")
 
     def _open(self, name, shape, dims, dtype, fill, chunks) -> ts.TensorStore:
         """Create the array, or open it, growing it to `shape` for an extended sweep.
@@ -307,8 +361,10 @@ class ResultsStore:
                 self.checksums[name] = True
                 return self._assume(name, path, shape, dims, dtype, fill, chunks, CODECS)
             self.checksums[name] = True
-            return _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks),
-                                             create=True, open=True).result())
+            arr = _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks),
+                                            create=True, open=True).result())
+            set_attributes(path, name)
+            return arr
         try:
             arr = open_array(path, read_only=self.read_only)
         except StorageError:
@@ -325,8 +381,10 @@ class ResultsStore:
                 move_aside(self.root, meta, self._stamp)
             self.log(f"results: the metadata of {name} ({meta}) was {reason}; rebuilt it from "
                      "the manifest (its chunks are kept and checked)")
-            return _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks,
-                                                   codecs), create=True, open=True).result())
+            arr = _io(path, lambda: ts.open(_spec(path, shape, dims, dtype, fill, chunks,
+                                                  codecs), create=True, open=True).result())
+            set_attributes(path, name)
+            return arr
         self.checksums[name] = has_checksums(path)
         have, labels = tuple(arr.shape), tuple(arr.domain.labels)
         if (labels != tuple(dims) or arr.dtype.name != dtype or len(have) != len(shape)
@@ -341,6 +399,7 @@ class ResultsStore:
                                     CODECS if self.checksums[name] else LEGACY_CODECS)
             arr = _io(path, lambda: arr.resize(exclusive_max=list(shape), expand_only=True,
                                                resize_metadata_only=True).result())
+        set_attributes(path, name)
         return arr
 
     def _assume(self, name, path, shape, dims, dtype, fill, chunks, codecs) -> ts.TensorStore:
@@ -391,6 +450,7 @@ class ResultsStore:
                                                resize_metadata_only=True).result())
         if k < len(values):
             _io(path, lambda: arr[k:].write(values[k:]).result())
+        set_attributes(path, name)
 
     def _write_string_coord(self, name: str, path: str, values: np.ndarray) -> None:
         """A coordinate of names (the parametrizations). Tensorstore's zarr3 driver has no
@@ -411,24 +471,28 @@ class ResultsStore:
                 arr = group.create_array(name, shape=values.shape, dtype=str,
                                          dimension_names=[name], chunks=values.shape)
                 arr[:] = values
-                return
-            arr = group[name]
-            have = np.asarray([str(v) for v in np.asarray(arr[:]).tolist()])
-            if len(have) > len(values) or np.any(have != values[:len(have)]):
-                raise IntegrityError(f"The coordinate {name} in {self.root} is {have.tolist()} "
-                                     f"but this sweep has {values.tolist()}; the store belongs "
-                                     "to another sweep. Use a new workdir.")
-            if len(have) < len(values):
-                arr.resize(values.shape)
-                arr[:] = values
+            else:
+                arr = group[name]
+                have = np.asarray([str(v) for v in np.asarray(arr[:]).tolist()])
+                if len(have) > len(values) or np.any(have != values[:len(have)]):
+                    raise IntegrityError(
+                        f"The coordinate {name} in {self.root} is {have.tolist()} but this "
+                        f"sweep has {values.tolist()}; the store belongs to another sweep. Use "
+                        "a new workdir.")
+                if len(have) < len(values):
+                    arr.resize(values.shape)
+                    arr[:] = values
         except (OSError, ValueError, KeyError) as e:
             raise storage_error(path, e) if isinstance(e, OSError) else IntegrityError(
                 f"The coordinate {path} cannot be read or written ({e}); run `ntkbench "
                 "verify` on the workdir.") from None
+        set_attributes(path, name)
+
     def _create_coord(self, path, name, values, dtype, fill) -> None:
         arr = _io(path, lambda: ts.open(_spec(path, values.shape, (name,), dtype, fill,
                                               values.shape), create=True, open=True).result())
         _io(path, lambda: arr.write(values).result())
+        set_attributes(path, name)
 
     def _damaged_coord(self, name, path, values, dtype, fill, reason: str) -> None:
         if self.read_only:
@@ -599,6 +663,8 @@ def read_dataset(root: str, *, snapshots: bool = False):
     if not os.path.exists(os.path.join(root, "zarr.json")):
         raise FileNotFoundError(root)
     ds = _io(root, lambda: xr.open_zarr(root, consolidated=False, zarr_format=3), "read")
+    # The stored summaries are derived (`write_summaries`); `ntkbench.load` computes them.
+    ds = ds.drop_vars([n for n in STORED_SUMMARIES if n in ds.variables])
     snapshot = ds["ntk_snapshot"] if (snapshots and "ntk_snapshot" in ds) else None
     ds = _io(root, lambda: ds.drop_vars(["ntk_snapshot", "row", "col"], errors="ignore").load(),
              "read")

@@ -18,6 +18,8 @@ import numpy as np
 
 from ntkbench._config import IntegrityError, Interrupted, SweepConfig
 from ntkbench._store import ResultsStore
+from ntkbench._sweep.live import LiveCurves
+from ntkbench._sweep.progress import Eta, Progress, ProgressDisplay
 from ntkbench._train import Pack, PackBuilder, Placement, minibatch_schedule
 from ntkbench._workdir import Workdir
 from ntkbench.checkpoints import (
@@ -29,40 +31,54 @@ from ntkbench.checkpoints import (
 logger = logging.getLogger("ntkbench")
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """What a progress display needs after each chunk of a pack."""
-
-    pack_id: int
-    pack_index: int  # position of the pack in this run's list (0-based)
-    num_packs: int
-    num_members: int
-    padded_width: int
-    epoch: int
-    epochs: int
-    member_epochs_done: int  # of this run's packs, including skipped and restored work
-    member_epochs_total: int
-    rate: float  # member-epochs per second trained by this run
-    phase: str  # "train", "finish", "skip", "done"
+def _nothing(p: Progress) -> None:
+    del p
 
 
 @dataclasses.dataclass
 class Hooks:
-    """Callbacks from the sweep to its caller (the CLI's progress, signals and watchdog).
+    """Callbacks from the sweep to its caller: what a person sees, and how a run is stopped.
+
+    `Hooks()` (what `ntkbench.run` uses by default) shows progress like the command line: a bar
+    per pack in a notebook or a terminal, one line per chunk elsewhere; Ctrl-C stops the run at
+    the next chunk boundary with a checkpoint and raises `Interrupted`. `Hooks.quiet()` shows
+    nothing.
 
     Attributes:
-        log: one-line messages for a person (plain text).
-        progress: called after every chunk with a `Progress`.
+        log: one-line messages for a person (plain text); default: beside the progress display
+            (stderr), or the "ntkbench" logger when progress is off.
+        progress: called when a pack starts (compiling) and after every chunk with a
+            `Progress`; True: a `ProgressDisplay("auto")`; False: nothing.
         should_stop: polled after every chunk; True checkpoints the pack and raises
-            `Interrupted`.
+            `Interrupted`. None: the first Ctrl-C (SIGINT) during `ntkbench.run` asks for it (in
+            the main thread; a second Ctrl-C raises KeyboardInterrupt at once).
         heartbeat: called before and after every compiled call, with `(pack_id, chunk index,
             "start" | "end")`; a watchdog uses it to detect a chunk that never ends.
     """
 
-    log: Callable[[str], None] = logger.info
-    progress: Callable[[Progress], None] = lambda p: None
-    should_stop: Callable[[], bool] = lambda: False
+    log: Callable[[str], None] | None = None
+    progress: Callable[[Progress], None] | bool = True
+    should_stop: Callable[[], bool] | None = None
     heartbeat: Callable[[int, int, str], None] = lambda pack_id, chunk, what: None
+
+    def __post_init__(self):
+        if self.progress is True:
+            self.progress = ProgressDisplay("auto")
+        elif self.progress is False or self.progress is None:
+            self.progress = _nothing
+        if self.log is None:
+            self.log = getattr(self.progress, "log", logger.info)
+
+    @classmethod
+    def quiet(cls, **overrides) -> Hooks:
+        """Hooks that show nothing (no progress, no messages); `overrides` set other fields."""
+        return cls(**{"log": lambda message: None, "progress": False, **overrides})
+
+    def close(self) -> None:
+        """Close the progress display (its last bar)."""
+        close = getattr(self.progress, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclasses.dataclass
@@ -80,6 +96,9 @@ class PackContext:
     sync: Callable[[str], None]  # a barrier across processes
     total: int  # member-epochs of this run's packs
     runtime_id: str = ""  # the runtime computing the records (`Runtime.describe()["id"]`)
+    eta: Eta | None = None  # the time left, each pack weighted by its cost
+    live: LiveCurves | None = None  # TensorBoard / W&B curves (process 0 writes them)
+    gather: bool = False  # live curves of several processes: every one gathers, 0 writes
     done: int = 0  # member-epochs done, including skipped and restored ones
     trained: int = 0  # member-epochs trained by this run
     start: float = dataclasses.field(default_factory=time.perf_counter)
@@ -108,10 +127,41 @@ def _write_members(ctx: PackContext, indices, values: dict, num_real: int):
                                      committed=committed)
 
 
+def _everyone(tree):
+    """The whole of `tree` (every member, whichever process holds it) as host arrays."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _live(ctx: PackContext, start: int, values: dict, num_real: int, axis: int) -> None:
+    """Records from `start` of the pack's real members (member axis `axis`) to the live
+    curves; with several processes each one takes part in the gather, process 0 writes."""
+    if ctx.live is None and not ctx.gather:
+        return
+    host = _everyone(values) if ctx.gather else jax.tree.map(np.asarray, values)
+    if ctx.live is not None:
+        ctx.live.write(start, {k: np.take(v, np.arange(num_real), axis=axis)
+                               for k, v in host.items()})
+
+
 def _report(ctx: PackContext, pack: Pack, i: int, n: int, epoch: int, phase: str) -> None:
     rate = ctx.trained / max(time.perf_counter() - ctx.start, 1e-9)
-    ctx.hooks.progress(Progress(pack.pack_id, i, n, pack.num_members, pack.padded_width, epoch,
-                                ctx.config.epochs, ctx.done, ctx.total, rate, phase))
+    eta, per_epoch, first = ctx.eta, None, False
+    if eta is not None and phase == "train":
+        steady = eta.steady.get(pack.pack_id)
+        if steady and steady[1]:
+            per_epoch = steady[0] / steady[1]
+        elif pack.pack_id in eta.first:
+            seconds, epochs = eta.first[pack.pack_id]
+            per_epoch, first = seconds / max(epochs, 1), True
+    ctx.hooks.progress(Progress(
+        pack.pack_id, i, n, pack.num_members, pack.padded_width, epoch, ctx.config.epochs,
+        ctx.done, ctx.total, rate, phase,
+        seconds_left=None if eta is None else eta.seconds_left(),
+        pack_epochs_per_second=1.0 / per_epoch if per_epoch else 0.0, first_chunk=first))
 
 
 def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
@@ -125,9 +175,12 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
                       "against the stored ones")
     if status.get("status") == "done":
         ctx.done += pack.num_members * cfg.epochs
+        if ctx.eta is not None:
+            ctx.eta.resumed(pack.pack_id, cfg.epochs)
         _report(ctx, pack, i, n, cfg.epochs, "skip")
         return
     t_pack = time.perf_counter()
+    _report(ctx, pack, i, n, status.get("epochs_done", 0), "compile")
     ready = ctx.builder.build(pack)
     slotted, data, state = ready.slots, ready.data, ready.state
     recorder = ctx.builder.recorder
@@ -149,6 +202,8 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
         if found is not None:
             epoch, state = found
             ctx.done += real * epoch
+            if ctx.eta is not None:
+                ctx.eta.resumed(pack.pack_id, epoch)
             ctx.hooks.log(f"pack {pack.pack_id}: resuming from the checkpoint at epoch {epoch}")
         schedule = minibatch_schedule(cfg, slotted)
         if schedule is not None:
@@ -156,9 +211,13 @@ def train_pack(ctx: PackContext, pack: Pack, i: int, n: int) -> None:
         ctx.status(pack.pack_id, status="running", started=status.get("started", time.time()),
                    epochs_done=epoch,
                    runtimes=_runtimes(status.get("runtimes"), epoch, ctx.runtime_id))
+        if ctx.live is not None:
+            ctx.live.open_pack(pack.members, epoch)
         state, saves, chunk = _train_chunks(ctx, ckpt, pack, i, n, data, state, epoch, schedule,
-                                            indices)
+                                            indices, t_pack)
         _finish_pack(ctx, ckpt, pack, data, state, indices, chunk, saves)
+        if ctx.live is not None:
+            ctx.live.close_pack()
     ctx.sync(f"ntkbench-pack-{pack.pack_id}-done")
     if ctx.primary:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the results are complete: free the disk
@@ -177,10 +236,11 @@ def _runtimes(ranges, epoch: int, runtime_id: str) -> list:
 
 
 def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, state, epoch: int,
-                  schedule, indices):
+                  schedule, indices, t_pack: float):
     """Train `pack` (the `i`-th of `n`) from `epoch` to the last epoch chunk by chunk, writing
     and committing each chunk's records, checkpointing when due and reporting progress. On a
-    stop request the state is checkpointed and `Interrupted` raised.
+    stop request the state is checkpointed and `Interrupted` raised. `t_pack`: when the pack
+    started (its first chunk's time includes building it and compiling).
 
     Returns:
         `(state, saves, chunk)`: the trained state, checkpoints written, chunks run.
@@ -193,10 +253,14 @@ def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, stat
         if schedule is not None:  # member axis first, placed like the members
             batches = ctx.builder.placement.members(np.swapaxes(schedule.next_chunk(steps), 0, 1))
         ctx.hooks.heartbeat(pack.pack_id, chunk, "start")
+        t_chunk = t_pack if chunk == 0 else time.perf_counter()
         state, out = ctx.builder.program.train_chunk(data, state, steps, batches)
         out = jax.block_until_ready(out)
+        if ctx.eta is not None:
+            ctx.eta.chunk(pack.pack_id, steps, time.perf_counter() - t_chunk, first=chunk == 0)
         ctx.hooks.heartbeat(pack.pack_id, chunk, "end")
         _write(ctx, indices, epoch, out, state.diverged, epoch + steps - 1, real)
+        _live(ctx, epoch, out, real, axis=1)
         epoch += steps
         chunk += 1
         ctx.done += real * steps
@@ -213,7 +277,8 @@ def _train_chunks(ctx: PackContext, ckpt, pack: Pack, i: int, n: int, data, stat
             ckpt.wait()
             ctx.status(pack.pack_id, status="interrupted")
             raise Interrupted(f"interrupted at epoch {epoch} of pack {pack.pack_id}; the "
-                              "checkpoint is written. Rerun the same command to resume.")
+                              "checkpoint is written. Rerun the same command to resume (in "
+                              "Python: ntkbench.run with the same config and workdir).")
     return state, saves, chunk
 
 
@@ -228,17 +293,18 @@ def _finish_pack(ctx: PackContext, ckpt, pack: Pack, data, state, indices, chunk
     for rows, values in Placement.local_rows(final, 0, real):
         ctx.store.write_records([indices[j] for j in rows], cfg.epochs,
                                 {k: v[None] for k, v in values.items()})
+    _live(ctx, cfg.epochs, final, real, axis=0)
     _write_members(ctx, indices, {**members, **{f"snapshot_{k}": v for k, v in
                                                  snaps.items()}}, real)
     for rows, div in Placement.local_rows(state.diverged, 0, real):
         ctx.store.commit([indices[j] for j in rows], cfg.epochs, div)
     ckpt.wait()
     if saves or ckpt.postponed:
-        ctx.hooks.log(f"pack {pack.pack_id}: {saves} checkpoint(s) written, training blocked "
-                      f"{ckpt.blocked_seconds:.2f}s by them, writing in the background "
-                      f"{ckpt.background_seconds:.2f}s; {ckpt.postponed} due one(s) "
-                      "postponed (the previous one still writing, or checkpoint_max_overhead "
-                      "reached)")
+        skipped = (f"; {ckpt.postponed} skipped (the previous one was still being written, or "
+                   "the checkpoint_max_overhead budget was spent)" if ckpt.postponed else "")
+        ctx.hooks.log(f"pack {pack.pack_id}: {saves} checkpoint(s) written; they held training "
+                      f"up {ckpt.blocked_seconds:.2f}s and took {ckpt.background_seconds:.2f}s "
+                      f"in the background{skipped}")
 
 
 def _restore(ctx: PackContext, ckpt, pack: Pack, state):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 
 from ntkbench._config import (
+    ConfigError,
     SweepConfig,
     WorkdirError,
     from_config_dict,
@@ -20,7 +23,9 @@ from ntkbench._config import (
     storage_guard,
 )
 from ntkbench._data import check_data, load_dataset
-from ntkbench._store import ResultsStore, load_repairs, repair
+from ntkbench._store import ResultsStore, load_repairs, repair, store_summaries
+from ntkbench._sweep.live import LiveCurves, wandb_available
+from ntkbench._sweep.progress import Eta
 from ntkbench._sweep.runner import Hooks, PackContext, train_pack
 from ntkbench._train import (
     ModelFamily,
@@ -116,9 +121,51 @@ def check_runtime(wd: Workdir, previous: dict | None, now: dict, *, allow: bool
             "changed": sorted(diff)}
 
 
+def pack_costs(config: SweepConfig, family: ModelFamily, packs, *, num_devices: int,
+               num_eval: int) -> dict[int, float]:
+    """Estimated cost of one epoch of each pack (FLOPs; only ratios matter): its padded
+    members (rounded up to the devices) x the model's forward FLOPs per example at the padded
+    width x the examples of an epoch (a training step costs about 3 forward passes; the
+    evaluation adds `num_eval` examples every `eval_every` epochs)."""
+    evaluated = num_eval / max(config.eval_every, 1)
+    return {p.pack_id: math.ceil(p.num_members / num_devices) * num_devices
+            * family.flops_per_example(p.padded_width, p.depth)
+            * (3 * p.padded_n_train + evaluated) for p in packs}
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(log):
+    """While the run lasts, the first Ctrl-C (SIGINT) asks it to stop at the next chunk
+    boundary with a checkpoint (`Interrupted` is raised then) instead of raising
+    KeyboardInterrupt inside JAX, Orbax or Tensorstore (which can leave the process unable to
+    exit); a second one raises KeyboardInterrupt at once. Only the main thread receives
+    signals: elsewhere nothing changes. Yields the `should_stop` poll."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handle(signum, frame):
+        if asked.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        asked.set()
+        log("Ctrl-C: stopping at the next chunk boundary with a checkpoint (then "
+            "ntkbench.Interrupted is raised; running the sweep again resumes it); press Ctrl-C "
+            "again to interrupt at once (the last checkpoint is kept).")
+
+    signal.signal(signal.SIGINT, handle)
+    try:
+        yield asked.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | None = None,
         shard=None, extend: bool = False, model_fn=None,
-        allow_runtime_change: bool = False) -> SweepResult:
+        allow_runtime_change: bool = False, tensorboard: bool = True,
+        wandb_project: str | None = None) -> SweepResult:
     """Train every member of a sweep (or of share `shard` of its packs), recording its losses
     and NTK quantities in `workdir`.
 
@@ -134,7 +181,9 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
         workdir: directory for the manifest, checkpoints and results.
         runtime: devices, mesh and runtime choices (`Runtime.local()` by default). With several
             processes, every process calls `run_sweep` with the same arguments.
-        hooks: progress, logging, stop requests and heartbeats (see `Hooks`).
+        hooks: progress, logging, stop requests and heartbeats (see `Hooks`); by default a
+            progress bar (a notebook's, a terminal's) or log lines, and Ctrl-C stops the run
+            at the next chunk boundary (`Interrupted`). `Hooks.quiet()` shows nothing.
         shard: `"I/N"`: train only share I of N of the packs (independent jobs on one workdir).
         extend: `config` may add members to the sweep in `workdir` (more widths, seeds, ...);
             finished members are left exactly as they are.
@@ -144,14 +193,40 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
             Refused by default, since the records would mix numerics; when allowed, the change
             is recorded in the manifest's history, the results' attributes and each pack's
             status (`runtimes`: from which epoch which runtime computed its records).
+        tensorboard: write every member's curves (losses, accuracies, NTK quantities) as they
+            are recorded to TensorBoard event files in `workdir/tensorboard/` (one run per
+            member; `tensorboard --logdir workdir` shows them).
+        wandb_project: also log them to this Weights & Biases project (needs the `wandb`
+            package, >= 0.19.10).
 
     Returns:
         A `SweepResult`; load the numbers with `ntkbench.load(workdir)`.
+
+    Raises:
+        Interrupted: a stop was asked for (Ctrl-C, `hooks.should_stop`); the checkpoint is
+            written, and running the same sweep again resumes it.
     """
+    hooks = Hooks() if hooks is None else hooks
+    if wandb_project and not wandb_available():
+        raise ConfigError(f"wandb_project={wandb_project!r} needs the wandb package (pip install "
+                          "'wandb>=0.19.10'); TensorBoard curves need nothing more.")
+    live = {"tensorboard": tensorboard, "wandb_project": wandb_project}
+    try:
+        if hooks.should_stop is not None:
+            return _run(config, workdir, runtime, hooks, shard, extend, model_fn, live,
+                        allow_runtime_change)
+        with ctrl_c_stops(hooks.log) as asked:
+            return _run(config, workdir, runtime, dataclasses.replace(hooks, should_stop=asked),
+                        shard, extend, model_fn, live, allow_runtime_change)
+    finally:
+        hooks.close()
+
+
+def _run(config, workdir, runtime, hooks, shard, extend, model_fn, live,
+         allow_runtime_change) -> SweepResult:
     if not isinstance(config, SweepConfig):
         config = from_config_dict(config)
     runtime = Runtime.local() if runtime is None else runtime
-    hooks = Hooks() if hooks is None else hooks
     shard = parse_shard(shard)
     wd = Workdir(workdir)
     previous, config = wd.check(config, extend_ok=extend)
@@ -193,19 +268,35 @@ def run(config, workdir: str, *, runtime: Runtime | None = None, hooks: Hooks | 
         store.relaxed = change is not None
         hooks.log(_describe(config, data, runtime, plan, mine, num_old, shard))
         builder = PackBuilder(config, runtime=runtime, data=data, family=family, plan=plan)
+        num_eval = config.n_eval or len(data.y_test)
+        costs = pack_costs(config, family, mine, num_devices=runtime.num_devices,
+                           num_eval=num_eval)
+        programs = {p.pack_id: (p.depth, p.padded_width, p.padded_n_train, p.num_members)
+                    for p in mine}
+        on = live["tensorboard"] or bool(live["wandb_project"])
+        curves = (LiveCurves(wd.path, config, log=hooks.log, **live)
+                  if on and runtime.primary else None)
         ctx = PackContext(
             config=config, builder=builder, workdir=wd, store=store,
             writes_share_cores=runtime.platform == "cpu",
             hooks=hooks, primary=runtime.primary,
             stop=lambda: runtime.agree(hooks.should_stop()), sync=runtime.sync,
             total=sum(p.num_members for p in mine) * config.epochs,
-            runtime_id=described["id"])
-        for i, pack in enumerate(mine):
-            train_pack(ctx, pack, i, len(mine))
+            runtime_id=described["id"],
+            eta=Eta(costs, config.epochs, programs, config.chunk_epochs),
+            live=curves, gather=on and runtime.num_processes > 1)
+        try:
+            for i, pack in enumerate(mine):
+                train_pack(ctx, pack, i, len(mine))
+        finally:
+            if curves is not None:
+                curves.close()
         if store.replaced:
             hooks.log(f"{store.replaced} committed value(s) recomputed on the new runtime "
                       "differed from the stored ones and were replaced (the runtime change is "
                       "recorded in the manifest's history)")
+        if runtime.primary:  # a complete sweep's store also holds its summaries
+            store_summaries(wd.path, store)
     return SweepResult(wd.path, plan, time.perf_counter() - ctx.start, ctx.trained)
 
 
