@@ -128,7 +128,8 @@ def transition_width(
 
     Returns:
         Dataset over the other non-replicate axes with `x_break`, `ci_low`, `ci_high`,
-        `beta_below`, `beta_above`, `c_break`.
+        `beta_below`, `beta_above`, `c_break` and the exponents' intervals `beta_below_low`,
+        `beta_below_high`, `beta_above_low`, `beta_above_high`.
 
     Example:
         >>> w = 2.0 ** np.arange(3, 13)

@@ -41,7 +41,9 @@ class BrokenPowerLawFit(NamedTuple):
     """Continuous two-segment power law with its breakpoint (the transition) at `x_break`.
 
     `y = c_break · (x / x_break)^beta_below` for `x ≤ x_break`, `^beta_above` above;
-    `[ci_low, ci_high]` is the bootstrap confidence interval of `x_break`.
+    `[ci_low, ci_high]` is the bootstrap confidence interval of `x_break`, `[beta_below_low,
+    beta_below_high]` and `[beta_above_low, beta_above_high]` those of the two exponents (from the
+    same resamples).
     """
 
     x_break: float
@@ -51,6 +53,10 @@ class BrokenPowerLawFit(NamedTuple):
     beta_above: float
     c_break: float
     dropped: tuple[float, ...] = ()  # abscissae left out: no finite, positive mean
+    beta_below_low: float = math.nan
+    beta_below_high: float = math.nan
+    beta_above_low: float = math.nan
+    beta_above_high: float = math.nan
 
 
 def _as_replicates(x, y, replicate_axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +226,8 @@ def fit_broken_power_law(
     the other three parameters are linear least squares; the best grid point is refined by a
     bounded scalar minimization. `ȳ` is the mean over replicates, as in `fit_power_law`. The
     interval for `x_break` resamples replicates at each `x` (`num_bootstrap` times, breakpoint on
-    the grid, whose spacing bounds its resolution) and takes percentiles at `confidence`.
+    the grid, whose spacing bounds its resolution) and takes percentiles at `confidence`; the
+    exponents' intervals are those of the same resamples' fits at their grid breakpoints.
 
     Covers an `erank*` that grows as a power law and saturates (`β₂ ≈ 0`) and a trace ratio that is
     flat, then declines (`β₁ ≈ 0`, `β₂ < 0`). Needs at least 4 distinct usable `x`; else all NaN.
@@ -261,17 +268,24 @@ def fit_broken_power_law(
     b = float(refined.x) if refined.fun <= sse[0, g] else float(grid[g])
     theta, _ = _hinge_sse(u, v[None], w[None], np.array([b]))
     ln_c, beta_below, beta_above = theta[0, 0]
-    def breakpoints(xs, means):
-        """`ln x_break` on the grid of each resample `(B, num_x)` (NaN: fewer than 4 points)."""
-        shape = means.shape[:-1]
-        ub, vb, wb = _loglog(xs, means.reshape(-1, means.shape[-1]))
-        _, sse_b = _hinge_sse(ub, vb, wb, grid)
-        enough = (wb > 0).sum(axis=-1) >= 4
-        return np.where(enough, grid[np.argmin(sse_b, axis=-1)], np.nan).reshape(shape)
+    def resampled(which):
+        """The statistic `which` of each resample `(B, num_x)`: 0 `ln x_break` on the grid,
+        1 `β_below`, 2 `β_above` at that breakpoint (NaN: fewer than 4 points)."""
+        def statistic(xs, means):
+            shape = means.shape[:-1]
+            ub, vb, wb = _loglog(xs, means.reshape(-1, means.shape[-1]))
+            theta_b, sse_b = _hinge_sse(ub, vb, wb, grid)
+            best = np.argmin(sse_b, axis=-1)
+            value = (grid[best] if which == 0
+                     else theta_b[np.arange(best.size), best, which])
+            enough = (wb > 0).sum(axis=-1) >= 4
+            return np.where(enough, value, np.nan).reshape(shape)
+        # Batches of 128 resamples bound the (B, G, 3, 3) memory of the grid search; one seed,
+        # so the three intervals come from the same resamples.
+        return _bootstrap(x, y, statistic, num_bootstrap, confidence, seed, 128)
 
-    # Batches of 128 resamples bound the (B, G, 3, 3) memory of the grid search.
-    ci = tuple(math.exp(c) if np.isfinite(c) else math.nan
-               for c in _bootstrap(x, y, breakpoints, num_bootstrap, confidence, seed, 128))
+    ci = tuple(math.exp(c) if np.isfinite(c) else math.nan for c in resampled(0))
+    below, above = resampled(1), resampled(2)
     return BrokenPowerLawFit(math.exp(b), ci[0], ci[1], float(beta_below), float(beta_above),
-                             float(math.exp(ln_c)), _dropped(x, w))
+                             float(math.exp(ln_c)), _dropped(x, w), *below, *above)
 

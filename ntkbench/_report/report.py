@@ -193,13 +193,16 @@ def _fit_tables(fit_rows, trans_rows, num_bootstrap: int) -> list[str]:
     if trans_rows:
         lines += ["Continuous two-segment power law in log-log, breakpoint fitted; 95% bootstrap "
                   "interval over replicates.", "",
-                  "| quantity | group | transition width | 95% CI | β below | β above | "
-                  "dropped |", "|---|---|---|---|---|---|---|"]
+                  "| quantity | group | transition width | 95% CI | β below | 95% CI | "
+                  "β above | 95% CI | dropped |", "|---|---|---|---|---|---|---|---|---|"]
         for name, group, fit in trans_rows:
             dropped = ", ".join(f"{v:g}" for v in fit.dropped) or "-"
             lines.append(f"| {name} | {group or 'all'} | {fmt(fit.x_break)} | "
                          f"[{fmt(fit.ci_low)}, {fmt(fit.ci_high)}] | {fmt(fit.beta_below)} | "
-                         f"{fmt(fit.beta_above)} | {dropped} |")
+                         f"[{fmt(fit.beta_below_low)}, {fmt(fit.beta_below_high)}] | "
+                         f"{fmt(fit.beta_above)} | "
+                         f"[{fmt(fit.beta_above_low)}, {fmt(fit.beta_above_high)}] | "
+                         f"{dropped} |")
     else:
         lines.append("None (see skipped figures).")
     return lines
