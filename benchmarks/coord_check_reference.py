@@ -1,6 +1,6 @@
 """Coordinate check of the three parametrizations (docs/definitions.md §15, "Coordinate check").
 
-    python benchmarks/coord_check_sketch.py [--seeds 3] [--adam-lr 1e-2] [--sgd-lr 0.5]
+    python benchmarks/coord_check_reference.py [--seeds 3] [--adam-lr 1e-2] [--sgd-lr 0.5]
 
 A ReLU MLP with 3 hidden layers of width 64 … 2048 (base width 64) trains for 5 full-batch steps
 on a fixed batch of 64 scikit-learn digits (pixels / 16), cross-entropy loss, with Adam and with
