@@ -139,6 +139,8 @@ def cmd_run(argv: list[str]) -> int:
                                tensorboard=fv.tensorboard, wandb_project=fv.wandb_project)
     finally:
         display.close()
+        if watchdog is not None:
+            watchdog.close()
     if not runtime.primary:
         return 0
     ds = ntkbench.load(workdir, summaries=False)

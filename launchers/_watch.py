@@ -84,6 +84,7 @@ class Watchdog:
         self._last = clock()  # the clock when last looked at
         self._awake = 0.0  # seconds the process ran (gaps beyond max_gap left out)
         self.suspended = 0.0  # seconds left out
+        self._closed = threading.Event()
 
     def _now(self) -> float:
         """The process's running time (call with the lock held)."""
@@ -134,7 +135,10 @@ class Watchdog:
                         "checkpoint (raise --watchdog_seconds if compiling is this slow).",
                         ExitStatus.HUNG)
 
+    def close(self) -> None:
+        """Stop watching (the run returned): the thread ends within one `poll`."""
+        self._closed.set()
+
     def _watch(self) -> None:
-        while True:
-            time.sleep(self._poll)
+        while not self._closed.wait(self._poll):
             self.check()

@@ -152,9 +152,11 @@ def _command(command: str, rest: list[str], log_format: str) -> int:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     logging.get_absl_handler().setFormatter(_Plain() if log_format == "plain"
                                             else logging.PythonFormatter())
-    from ntkbench.launchers import _commands  # after the answers that need none of it
-
     try:
+        # Imported after the answers that need none of it, and inside the try: a signal that
+        # arrives while it imports is an interruption like any other.
+        from ntkbench.launchers import _commands
+
         return getattr(_commands, f"cmd_{command}")(rest)
     except KeyboardInterrupt as e:  # Ctrl-C, or a signal before `run` trains (nothing lost)
         signum = getattr(e, "signum", signal.SIGINT)

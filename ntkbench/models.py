@@ -319,6 +319,10 @@ class CNN(eqx.Module):
         self.image_shape = tuple(image_shape)
         self.out_size = out_size
         self.parametrization, self.base_width = str(parametrization), int(base_width)
+        if image_shape[0] >> num_conv < 1 or image_shape[1] >> num_conv < 1:
+            raise ValueError(f"Image shape {image_shape} is too small for {num_conv} pooling "
+                             f"stages (needs >= {2**num_conv}x{2**num_conv}); use fewer conv "
+                             "layers (depth).")
         with jax.ensure_compile_time_eval():  # Python numbers: the sizes are static
             gains = [float(s.init_gain) for s in _cnn_scales(self.parametrization, image_shape,
                                                                filters, num_conv, hidden,
@@ -338,10 +342,6 @@ class CNN(eqx.Module):
             convs.append(conv)
             in_ch = filters
             h, w = h // 2, w // 2
-        if h < 1 or w < 1:
-            raise ValueError(f"Image shape {image_shape} is too small for {num_conv} pooling "
-                             f"stages (needs >= {2**num_conv}x{2**num_conv}); use fewer conv "
-                             "layers (depth).")
         features = h * w * filters
         self.convs = tuple(convs)
         self.dense, self.dense_bias = init_dense(keys[-2], hidden, features, init, dtype)

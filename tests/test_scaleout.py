@@ -38,7 +38,10 @@ ATOL = {"eigvec_misalignment": 1e-4}
 # test and 2 of the 100 training predictions may flip (seen: 3 test flips, width 8, 4 devices).
 # Kernel distances are 1 - cos of nearly equal kernels: held to 1e-4 absolute (seen: 1.5e-5,
 # 2e-3 relative, for the drifting width-512 member on 4 devices).
-ALL_ATOL = {"test_accuracy": 1.01e-2, "train_accuracy": 2.01e-2, "eigvec_misalignment": 1e-4,
+# The eigenvector misalignment compares top-eigenvector subspaces, whose perturbation is the
+# kernel's divided by an eigengap: held to 2e-3 absolute (seen: 8.9e-4, the drifting width-512
+# member on 4 devices, at its per-width learning rate).
+ALL_ATOL = {"test_accuracy": 1.01e-2, "train_accuracy": 2.01e-2, "eigvec_misalignment": 2e-3,
             "kernel_distance_init": 1e-4, "best_kernel_distance_init": 1e-4,
             "kernel_distance_star": 1e-4}
 TIMEOUT = 900  # a hang fails the test; a busy 2-core runner needs up to ~9 min per run

@@ -67,6 +67,19 @@ def test_first_chunk_gets_the_compile_bound_later_ones_a_multiple_of_the_slowest
     assert not left
 
 
+def test_a_closed_watchdog_stops_its_thread():
+    """`ntkbench run` closes its watchdog when the sweep returns: no thread outlives the run
+    (an embedding process, a notebook or the tests, runs many sweeps)."""
+    left = []
+    dog = Watchdog(first_seconds=100, poll=0.01, leave=lambda m, s: left.append(s))
+    dog.heartbeat(0, 0, "start")  # starts the thread, a chunk running
+    thread = dog._thread
+    assert thread.is_alive()
+    dog.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and not left
+
+
 def test_time_the_process_was_stopped_does_not_count():
     """SIGSTOP (or Ctrl-Z) for longer than the bound, then SIGCONT: no thread ran meanwhile, so
     the watchdog sees one long gap between two looks at the clock; it counts as one poll."""

@@ -84,8 +84,10 @@ def coordcheck(config: SweepConfig, *, widths=None, steps: int = 5, num_seeds: i
 
     Args:
         config: the sweep: its model (the built-in `mlp`), first depth, dataset, optimizer,
-            learning rate (`lr`, or the table's rate of each width), parametrizations and
-            `base_width`.
+            learning rate `lr`, parametrizations and `base_width`. Every width and
+            parametrization trains at `lr` (times the parametrization's per-layer multipliers):
+            the check asks whether one rate gives width-independent updates, so a per-point
+            table (`lr_by`, `lr_table`) is not used.
         widths: the widths to check (default `config.widths`).
         steps: optimizer steps after the initialization.
         num_seeds: initializations per width (their mean is reported).
@@ -121,10 +123,7 @@ def coordcheck(config: SweepConfig, *, widths=None, steps: int = 5, num_seeds: i
     for i, par in enumerate(config.parametrization):
         for j, width in enumerate(widths):
             models = family.build_stack(keys, width, depth, par)
-            rate = np.float32(config.lr_of({"parametrization": par, "depth": depth,
-                                            "width": width, "n_train": config.n_train[0],
-                                            "noise": config.noise[0]})
-                              if width in config.widths else config.lr)
+            rate = np.float32(config.lr)  # one rate at every width: what μP is about
             mult = eqx.filter_vmap(lambda m: m.lr_multipliers(config.optimizer))(models)
             lr = jax.tree.map(lambda k: rate * k.astype(jnp.float32), mult)
             s, c = _trajectory(models, x, y, lr, steps, optim, config.loss)
