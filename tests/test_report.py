@@ -201,3 +201,23 @@ def test_figures_label_every_panel_draw_only_what_was_recorded_and_tell_bands_fr
     labels = [t.get_text() for legend in fig3.legends for t in legend.get_texts()]
     assert any(t.startswith("band: ±1 std") for t in labels)
     assert "hatched: 95% bootstrap CI of w_t" in labels
+
+
+def test_a_parametrization_axis_gets_the_composite_figure(tmp_path):
+    """Three parametrizations side by side: one composite figure (trace ratio, erank*, kernel
+    distance, k* against width) and a transition row per parametrization in report.md."""
+    parts = [make_results(rng_seed=i, num_epochs=80) for i in range(3)]
+    ds = xr.concat(parts, dim="parametrization").assign_coords(
+        parametrization=["standard", "ntk", "mup"])
+    ds = ds.transpose("parametrization", ...)
+    paths = write_report(ds, tmp_path, num_bootstrap=20)
+    assert "fig_parametrizations.png" in _names(paths)
+    md = (tmp_path / "report.md").read_text()
+    assert "(fig_parametrizations.png)" in md
+    rows = [ln for ln in md.split("## Transition widths")[1].splitlines()
+            if ln.startswith("| trace_ratio |")]
+    assert len(rows) == 3 and all(f"parametrization={p}" in "".join(rows)
+                                  for p in ("standard", "ntk", "mup"))
+    # Without a parametrization axis there is no such figure.
+    assert "fig_parametrizations.png" not in _names(write_report(
+        parts[0], tmp_path / "one", num_bootstrap=20))

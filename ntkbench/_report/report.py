@@ -14,7 +14,9 @@ import numpy as np
 import xarray as xr
 
 from ntkbench._analysis import (
+    default_window,
     describe_incomplete,
+    final_epoch,
     kstar_flags,
     require_complete,
     summarize,
@@ -33,7 +35,12 @@ from ntkbench._report.figures import (
     masked,
 )
 from ntkbench._report.plot import fmt, quiet
-from ntkbench._report.scaling_figures import fig2_scaling, fig3_transition, fig_laziness
+from ntkbench._report.scaling_figures import (
+    fig2_scaling,
+    fig3_transition,
+    fig_laziness,
+    fig_parametrizations,
+)
 
 TABLE_VARIABLES = ("min_test_loss", "k_star", "T0", "T_star", "trace_ratio", "erank_star",
                    "alpha_star", "kernel_distance_star", "lin_output_gap_star")
@@ -53,7 +60,8 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
     `n_train` with power-law fits), `fig3_transition` (trace ratio and `erank*` against width
     with the transition width), `fig4_noise*` (a `noise` axis), `fig8_alignment*`, and
     `fig_laziness` (kernel distance and output gap at `k*` against width, beside the trace
-    ratio). Figures a sweep cannot support are skipped and `report.md` says why; it lists the
+    ratio), and `fig_parametrizations` (a `parametrization` axis: trace ratio, `erank*`,
+    kernel distance and `k*` against width per parametrization). Figures a sweep cannot support are skipped and `report.md` says why; it lists the
     fits with their intervals and dropped points, the sweep points whose `k*` falls outside
     `kstar_window` (default: the last 60% of the run) or at the last epoch, and a summary table.
 
@@ -92,7 +100,9 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
     out_dir.mkdir(parents=True, exist_ok=True)
     usable = usable_points(ds, kstar_window)
     plan = Plan(ds, usable, include_flagged)
-    paths, skipped, fit_rows, trans_rows = _figures(ds, plan, out_dir, num_bootstrap, seed)
+    window = kstar_window or default_window(final_epoch(ds))
+    paths, skipped, fit_rows, trans_rows = _figures(ds, plan, out_dir, num_bootstrap, seed,
+                                                    window)
     flags = kstar_flags(ds, kstar_window)
     report = out_dir / "report.md"
     report.write_text(_markdown(ds, plan, paths, skipped, fit_rows, trans_rows, num_bootstrap,
@@ -100,7 +110,7 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, window: int = 20,
     return paths + [report]
 
 
-def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int):
+def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int, window):
     has_ntk = has(ds, "ntk_trace")
     paths, skipped, fit_rows, trans_rows = [], [], [], []
     facets = plan.facets(ds, exclude=[plan.curve])
@@ -148,6 +158,12 @@ def _figures(ds, plan: Plan, out_dir: Path, num_bootstrap: int, seed: int):
     else:
         skipped.append("Laziness: needs a `width` axis with at least 4 values and the kernel "
                        "distance (NTK records) or the linearized model (`linearized=True`)")
+    if "parametrization" in plan.axes and ds.sizes["parametrization"] >= 2:
+        if wide and has_ntk:
+            paths.append(fig_parametrizations(ds, plan, out_dir, window, num_bootstrap, seed))
+        else:
+            skipped.append("Parametrizations: needs a `width` axis with at least 4 values and "
+                           "NTK records")
     return paths, skipped, fit_rows, trans_rows
 
 

@@ -226,3 +226,74 @@ def fig_laziness(ds, plan: Plan, out_dir: Path, fit_rows, trans_rows, num_bootst
         flagged=_flagged(ds, plan), power_fit=power, transition=transition)
     fig.suptitle("Laziness: how far training leaves the kernel regime (lower is lazier)")
     return save(fig, out_dir / "fig_laziness.png")
+
+
+def fig_parametrizations(ds, plan: Plan, out_dir: Path, window: tuple[float, float],
+                         num_bootstrap, seed) -> Path:
+    """Where feature learning ends under each parametrization (docs/definitions.md §15): the
+    trace ratio and `erank*` with their transition widths, the kernel distance from
+    initialization at `k*` with its power law, and `k*` itself with the window it should fall
+    in, all against width, one colour per parametrization (and value of the other axes). The
+    fits are those of report.md's tables (same data, same bootstrap seed)."""
+    axis = "width"
+    groups, cols = _facets(ds, plan, axis)
+    panels = [("trace_ratio", "trace ratio (T* − T0)/T0"),
+              ("erank_star", "erank* (effective rank at k*)")]
+    if has(ds, "kernel_distance_star"):
+        panels.append(("kernel_distance_star", "kernel distance from init at k*"))
+    panels.append(("k_star", "k* (epoch of the minimum test loss)"))
+    fig = Figure(figsize=(3.7 * len(panels) + 0.8, 4.6), layout="constrained")
+    axs = np.atleast_1d(fig.subplots(1, len(panels)))
+    x_all = np.asarray(ds[axis].values, float)
+    power = transition = False
+    with quiet():
+        for ax, (name, ylabel) in zip(axs, panels):
+            if name == "k_star":
+                _kstar_panel(ax, ds, plan, groups, cols, window)
+                continue
+            for color, title, x, y in _curves(ax, ds, name, plan, axis, groups, cols, "o-"):
+                if name == "kernel_distance_star":
+                    power |= _power_fit_line(ax, x_all, y, color, title, [], (name, axis),
+                                             num_bootstrap, seed)
+                    continue
+                fit = fit_broken_power_law(x_all, y, num_bootstrap=num_bootstrap, seed=seed)
+                if np.isfinite(fit.x_break):
+                    _transition_line(ax, _fitted_x(x_all, y), fit, color, title)
+                    transition = True
+            ax.set_xscale("log")
+            _finish_axis(ax, ds, name, axis, ylabel, 6)
+    key(fig, band=f"±1 std over {', '.join(plan.reps) or 'replicates'}",
+        flagged=_flagged(ds, plan), power_fit=power, transition=transition)
+    fig.suptitle("Parametrizations: trace ratio, erank*, laziness and k* against width")
+    return save(fig, out_dir / "fig_parametrizations.png")
+
+
+def _kstar_panel(ax, ds, plan: Plan, groups, cols, window) -> None:
+    """`k*` against width per facet: mean, and the range over replicates as error bars; the
+    window `k*` should fall in shaded; flagged points hollow."""
+    x_all = np.asarray(ds["width"].values, float)
+    k = ds["k_star"].astype(float)
+    k = k.where(k >= 0)
+    for facet, color in zip(groups, cols):
+        _, title = facet_name(ds, facet)
+        sub = k.isel(facet).transpose("width", *plan.reps)
+        vals = np.asarray(sub.values, float).reshape(x_all.size, -1)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(vals, axis=1)
+            lo, hi = np.nanmin(vals, axis=1), np.nanmax(vals, axis=1)
+        ok = plan.usable_along(facet, "width", x_all.size)
+        fin = np.isfinite(mean)
+        ax.errorbar(x_all[fin], mean[fin], yerr=[mean[fin] - lo[fin], hi[fin] - mean[fin]],
+                    color=color, linewidth=0.8, capsize=2, label=title or None)
+        good = fin & ok
+        ax.plot(x_all[good], mean[good], "o", color=color, markersize=4)
+        ax.plot(x_all[fin & ~ok], mean[fin & ~ok], "o", markerfacecolor="none", color=color,
+                markersize=5)
+    ax.axhspan(window[0], window[1], color="0.85", zorder=0,
+               label=f"window [{window[0]:g}, {window[1]:g}]")
+    ax.set_xscale("log")
+    sweep_xticks(ax, x_all)
+    ax.set_xlabel("width")
+    ax.set_ylabel("k* (epoch), mean and range")
+    ax.set_title("k*")
+    ax.legend(fontsize=6)
