@@ -45,22 +45,36 @@ def smoke() -> ml_collections.ConfigDict:
                  n_train=(32,), n_test=16, epochs=20, lr=3e-3, ntk_every=5, chunk_epochs=10)
 
 
+# Per-point learning rates of the MNIST presets, from `ntkbench calibrate` pilots on mnist5k (2 seeds,
+# 1000 epochs, window [400, 1000]; docs/presets.md lists every pilot's k*). Depth/width entries:
+# piloted unless marked; 3/64 and 4/1024 are interpolated between two pilots; 4096 and 8192 are
+# extrapolated from the pilots at 1024 and 2048 (k* ~ width^-0.75 * lr^-1.08 there), never run.
+_MODEL_LRS = ("3/8=2e-4, 3/16=2e-4, 3/32=1e-4, 3/64=4.97e-5, 3/128=3e-5, 3/256=3e-5, 3/512=1e-5, "
+              "3/1024=1e-5, 3/2048=3e-6, 3/4096=3e-6, 3/8192=2e-6, "
+              "4/8=2e-4, 4/16=2e-4, 4/32=1e-4, 4/64=3e-5, 4/128=3e-5, 4/256=1e-5, 4/512=1e-5, "
+              "4/1024=4.93e-6, 4/2048=3e-6, 4/4096=2e-6, 4/8192=1.2e-6")
+# n_train entries: piloted up to 1024; 2048 and 4000 interpolated between the pilots at 3e-4 (k* late)
+# and 1e-3 (k* early), not run.
+_DATA_LRS = ("16=3e-5, 32=1e-4, 64=1e-4, 128=3e-4, 256=3e-4, 512=3e-4, 1024=3e-4, 2048=4.45e-4, "
+             "4000=5.24e-4")
+
+
 def paper_model_scaling() -> ml_collections.ConfigDict:
     """Model scaling: widths 8..4096 (log grid), depths 3 and 4, 100 samples, 20 seeds (real MNIST
-    built in: mnist5k)."""
+    built in: mnist5k), one calibrated learning rate per depth and width."""
     return _base(name="paper_model_scaling", dataset="mnist5k",
                  widths=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), depth=(3, 4),
                  num_seeds=20, n_train=(100,), n_test=128, epochs=1000, lr=1e-4, ntk_every=5,
-                 chunk_epochs=100)
+                 chunk_epochs=100, lr_by="depth,width", lr_table=_MODEL_LRS)
 
 
 def paper_data_scaling() -> ml_collections.ConfigDict:
     """Data scaling: depth 4, width 8, n_train 16..4000 (log grid; mnist5k has 4000 training
-    digits), 20 draws, each with its own initialization."""
+    digits), 20 draws, each with its own initialization, one calibrated learning rate per n_train."""
     return _base(name="paper_data_scaling", dataset="mnist5k", widths=(8,), depth=(4,),
                  num_seeds=1, n_train=(16, 32, 64, 128, 256, 512, 1024, 2048, 4000),
                  num_data_draws=20, init_per_data=True, n_test=128, epochs=1000, lr=1e-3,
-                 ntk_every=5, chunk_epochs=100)
+                 ntk_every=5, chunk_epochs=100, lr_by="n_train", lr_table=_DATA_LRS)
 
 
 def paper_transition() -> ml_collections.ConfigDict:
@@ -68,7 +82,7 @@ def paper_transition() -> ml_collections.ConfigDict:
     return _base(name="paper_transition", dataset="mnist5k",
                  widths=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), depth=(3, 4),
                  num_seeds=20, n_train=(100,), n_test=128, epochs=1000, lr=1e-4, ntk_every=5,
-                 chunk_epochs=100)
+                 chunk_epochs=100, lr_by="depth,width", lr_table=_MODEL_LRS)
 
 
 def _gradient_descent(**overrides) -> ml_collections.ConfigDict:
