@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's MNIST experiments on the built-in real MNIST (`mnist5k`, no files to fetch), sized
-# to finish in about an hour each on two CPU cores: docs/reproduction.md gives the measured table,
+# to two CPU cores (measured: model scaling about 65 minutes, data scaling about 15): docs/reproduction.md gives the measured table,
 # the figures and what was reduced against the paper (5 seeds or data draws instead of 20, widths
 # up to 2048, test metrics every 5 epochs, NTK records every 5 epochs up to epoch 100 and every 25
 # after).
