@@ -147,3 +147,46 @@ def test_two_processes_extend_a_sweep(tmp_path):
                                    "ntk_every": 5, "widths": (4, 16), "num_seeds": 3})
     ntkbench.run(c, ref, hooks=ntkbench.Hooks(log=lambda s: None))
     _close(ntkbench.load(ref), ntkbench.load(w))
+
+
+def test_a_share_sets_up_only_while_no_other_share_does(tmp_path):
+    """Shares start side by side; two creating one zarr array at once collide in the file store
+    ("Failed to rename", seen in the SLURM array test as status 65). Each share's setup (manifest,
+    store metadata, learning rates) holds `.lock.setup`: a share waits while another holds it."""
+    import threading
+    import time
+
+    from ntkbench._workdir.workdir import Workdir
+
+    w = tmp_path / "w"
+    w.mkdir()
+    wd = Workdir(str(w))
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with wd.setup_lock():
+            held.set()
+            release.wait(300)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(30)
+    cmd = [sys.executable, "-m", "ntkbench.launchers.cli", "run", "--config=smoke",
+           f"--workdir={w}", "--shard=0/2", "--config.epochs=10", "--compilation_cache=none",
+           "--progress=log"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        share_lock = w / ".lock.share-0-of-2"
+        deadline = time.monotonic() + 300
+        while not share_lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)  # the share holds the workdir; its setup must wait for ours
+        assert proc.poll() is None, proc.communicate()
+        assert not (w / "results" / "zarr.json").exists()
+    finally:
+        release.set()
+        t.join()
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err[-2000:]
+    assert (w / "results" / "zarr.json").exists()

@@ -249,15 +249,16 @@ def _run(config, workdir, runtime, hooks, shard, extend, model_fn, live,
     with storage_guard(wd.path), lock:
         known = known_fingerprints(previous) if previous is not None else []
         if runtime.primary:
-            manifest = _manifest(config, plan, num_old, previous, fingerprint,
-                                 runtime.num_devices, described, change)
-            if previous is None or manifest != {k: previous.get(k) for k in manifest}:
-                wd.write_manifest(manifest)  # the plan first: the store grows when opened
-            store = ResultsStore(wd.results, config, data.num_classes, fingerprints=known,
-                                 log=hooks.log)
-            if change is not None:
-                store.add_attributes(ntkbench_runtime_changes=[
-                    *store.attributes().get("ntkbench_runtime_changes", []), change])
+            with wd.setup_lock():  # shares of one sweep set up one at a time
+                manifest = _manifest(config, plan, num_old, previous, fingerprint,
+                                     runtime.num_devices, described, change)
+                if previous is None or manifest != {k: previous.get(k) for k in manifest}:
+                    wd.write_manifest(manifest)  # the plan first: the store grows when opened
+                store = ResultsStore(wd.results, config, data.num_classes, fingerprints=known,
+                                     log=hooks.log)
+                if change is not None:
+                    store.add_attributes(ntkbench_runtime_changes=[
+                        *store.attributes().get("ntkbench_runtime_changes", []), change])
         runtime.sync("ntkbench-store-created")
         if not runtime.primary:
             store = ResultsStore(wd.results, config, data.num_classes, fingerprints=known)

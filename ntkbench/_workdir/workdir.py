@@ -199,6 +199,23 @@ class Workdir:
             for fd in fds:
                 os.close(fd)
 
+    @contextlib.contextmanager
+    def setup_lock(self):
+        """Serialize the setup of runs on one workdir (the manifest, the results store's
+        metadata and settings): shares of a sweep start side by side, and two processes creating
+        one zarr array at once collide in the file store ("Failed to rename"). Blocks until the
+        other share's setup is done (a fraction of a second); training runs side by side after."""
+        path = os.path.join(self.path, ".lock.setup")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise storage_error(path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def is_locked(self) -> bool | None:
         """Whether a run holds the workdir now (a run killed with SIGKILL holds nothing); None
         when `.lock` cannot be opened (no permission), so it cannot be told."""
