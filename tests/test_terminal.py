@@ -67,14 +67,16 @@ def test_every_import_is_declared():
                          "dependencies): " + "; ".join(missing))
 
 
-def _on_terminal(argv: list[str], cwd, timeout: float) -> tuple[int, str]:
-    """Run `argv` with stdin, stdout and stderr on a pseudo-terminal: `(status, screen text)`."""
+def _on_terminal(argv: list[str], cwd, timeout: float, columns: int = 120) -> tuple[int, str]:
+    """Run `argv` with stdin, stdout and stderr on a pseudo-terminal: `(status, screen text)`.
+    `columns=0` leaves the terminal as a bare pseudo-terminal is: no size (0 x 0)."""
     master, slave = pty.openpty()
-    # A terminal of 40 x 120 (a bare pseudo-terminal is 0 columns wide: tqdm would draw nothing).
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if columns:  # a terminal of 40 x columns
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env["COLUMNS"] = str(columns)
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
-                            close_fds=True, env={**os.environ, "COLUMNS": "120",
-                                                 "TERM": "xterm"})
+                            close_fds=True, env={**env, "TERM": "xterm"})
     os.close(slave)
     out, deadline = bytearray(), time.monotonic() + timeout
     try:
@@ -117,3 +119,13 @@ def test_run_on_a_terminal_draws_the_bar(tmp_path):
     # Plain messages on a terminal: no absl prefix ("I1205 13:00:47.154635 1398... file.py:56]").
     assert not re.search(r"^[IWE]\d{4} \d\d:\d\d", screen, re.MULTILINE), screen
     assert "member-epochs trained" in screen, screen
+
+
+def test_a_terminal_that_reports_no_size_still_gets_a_bar(tmp_path):
+    """`script` started from a non-terminal, and some container ttys, report 0 columns; tqdm
+    then draws an empty bar (seen: a fresh venv's quick run under `script`): 80 columns then."""
+    status, screen = _on_terminal(
+        _cli("run", "--config=smoke", f"--workdir={tmp_path / 'w'}", "--config.epochs=10",
+             "--config.widths=(4,)"), tmp_path, timeout=600, columns=0)
+    assert status == 0, screen
+    assert "10/10 epochs" in screen and "[1/1] pack 0" in screen, screen

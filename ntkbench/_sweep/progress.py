@@ -17,6 +17,7 @@ of width 512 costs about 64 of width 64.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Hashable, Mapping
 
@@ -149,6 +150,14 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _columns() -> int:
+    """The width stderr's terminal reports (0 when it reports none or is not a terminal)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 class ProgressDisplay:
     """`progress(Progress)` and `log(str)` hooks that show a sweep to a person.
 
@@ -198,8 +207,11 @@ class ProgressDisplay:
             else:
                 from tqdm import tqdm
             self._pack = p.pack_id
+            # A terminal that reports no size (0 x 0: `script` from a non-terminal, some container
+            # ttys) would get no bar at all (tqdm hides bars below the screen's 0 rows): 80 x 24.
+            size = {"dynamic_ncols": True} if _columns() > 0 else {"ncols": 80, "nrows": 24}
             self._bar = tqdm(total=p.epochs, initial=p.epoch, desc=_head(p, "w≤", "m"),
-                             unit="epoch", file=sys.stderr, leave=True, dynamic_ncols=True,
+                             unit="epoch", file=sys.stderr, leave=True, **size,
                              bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                         "epochs [{elapsed}{postfix}]")
         bar = self._bar
