@@ -178,11 +178,7 @@ class Workdir:
             if n > 1:
                 names.append((f".lock.share-{i}-of-{n}", fcntl.LOCK_EX))
             for name, mode in names:
-                path = os.path.join(self.path, name)
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                except OSError as e:
-                    raise storage_error(path, e) from None
+                fd = self._lock_file(name)
                 fds.append(fd)
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -205,16 +201,20 @@ class Workdir:
         metadata and settings): shares of a sweep start side by side, and two processes creating
         one zarr array at once collide in the file store ("Failed to rename"). Blocks until the
         other share's setup is done (a fraction of a second); training runs side by side after."""
-        path = os.path.join(self.path, ".lock.setup")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise storage_error(path, e) from None
+        fd = self._lock_file(".lock.setup")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
+
+    def _lock_file(self, name: str) -> int:
+        """Open (creating) the workdir's lock file `name` for flock."""
+        path = os.path.join(self.path, name)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise storage_error(path, e) from None
 
     def is_locked(self) -> bool | None:
         """Whether a run holds the workdir now (a run killed with SIGKILL holds nothing); None
